@@ -1,0 +1,149 @@
+//! Normalisation ops, computed in f32 and rounded once to the input type.
+
+use candle_core::{DType, Tensor};
+
+use super::{in_f32, Kernel, OpCtx};
+use crate::error::Result;
+
+/// Normalisation kernels of this family.
+pub const KERNELS: &[(&str, Kernel)] = &[
+    ("layer_norm", layer_norm),
+    ("batch_norm", batch_norm),
+    ("instance_norm", instance_norm),
+    ("l2_norm", l2_norm),
+];
+
+/// Reshapes a per-axes parameter (shape = x's dims at `axes`) so it broadcasts against a tensor of rank `rank`.
+fn along_axes(p: &Tensor, axes: &[usize], dims: &[usize]) -> Result<Tensor> {
+    let shape: Vec<usize> = (0..dims.len())
+        .map(|a| if axes.contains(&a) { dims[a] } else { 1 })
+        .collect();
+    Ok(p.to_dtype(DType::F32)?.reshape(shape)?)
+}
+
+/// `layer_norm(x, axes=all, gamma opt, beta opt, epsilon=1e-5)`: (x - mean) / sqrt(var + eps) * gamma + beta,
+/// biased variance over axes.
+fn layer_norm(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    let x = ctx.tensor("x")?;
+    let rank = x.rank();
+    let mut axes = match ctx.opt_ints("axes")? {
+        Some(a) => ctx.axes(&a, rank)?,
+        None => (0..rank).collect(),
+    };
+    axes.sort_unstable();
+    axes.dedup();
+    let eps = ctx.float_or("epsilon", 1e-5)?;
+    let gamma = ctx.opt_tensor("gamma")?;
+    let beta = ctx.opt_tensor("beta")?;
+    let dims = x.dims().to_vec();
+    let n: usize = axes.iter().map(|&a| dims[a]).product::<usize>().max(1);
+    let out = in_f32(&x, |xf| {
+        let mean = (xf.sum_keepdim(axes.clone())? / n as f64)?;
+        let centred = xf.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim(axes.clone())? / n as f64)?;
+        let mut y = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+        if let Some(g) = &gamma {
+            y = y.broadcast_mul(&along_axes(g, &axes, &dims)?)?;
+        }
+        if let Some(b) = &beta {
+            y = y.broadcast_add(&along_axes(b, &axes, &dims)?)?;
+        }
+        Ok(y)
+    })
+    .map_err(|e| ctx.err(e.to_string()))?;
+    Ok(vec![out])
+}
+
+/// A per-channel parameter `[C]` shaped `[1, C, 1, ...]` for a rank-`rank` tensor.
+fn per_channel(p: &Tensor, rank: usize) -> Result<Tensor> {
+    let mut shape = vec![1usize; rank];
+    shape[1] = p.elem_count();
+    Ok(p.to_dtype(DType::F32)?.reshape(shape)?)
+}
+
+/// `batch_norm(x [N, C, *], mean [C], variance [C], gamma opt, beta opt, epsilon=1e-5)`:
+/// (x - mean) / sqrt(variance + eps) * gamma + beta per channel.
+fn batch_norm(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    let x = ctx.tensor("x")?;
+    if x.rank() < 2 {
+        return Err(ctx.err(format!("x must have rank >= 2, got {:?}", x.dims())));
+    }
+    let rank = x.rank();
+    let mean = per_channel(&ctx.tensor("mean")?, rank)?;
+    let var = per_channel(&ctx.tensor("variance")?, rank)?;
+    let gamma = ctx
+        .opt_tensor("gamma")?
+        .map(|g| per_channel(&g, rank))
+        .transpose()?;
+    let beta = ctx
+        .opt_tensor("beta")?
+        .map(|b| per_channel(&b, rank))
+        .transpose()?;
+    let eps = ctx.float_or("epsilon", 1e-5)?;
+    let out = in_f32(&x, |xf| {
+        let mut y = xf
+            .broadcast_sub(&mean)?
+            .broadcast_div(&(&var + eps)?.sqrt()?)?;
+        if let Some(g) = &gamma {
+            y = y.broadcast_mul(g)?;
+        }
+        if let Some(b) = &beta {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y)
+    })
+    .map_err(|e| ctx.err(e.to_string()))?;
+    Ok(vec![out])
+}
+
+/// `instance_norm(x [N, C, *], gamma opt [C], beta opt [C], epsilon=1e-5)`: layer norm over the spatial dims of
+/// each (n, c), then per-channel scale and shift.
+fn instance_norm(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    let x = ctx.tensor("x")?;
+    let rank = x.rank();
+    if rank < 3 {
+        return Err(ctx.err(format!("x must have rank >= 3, got {:?}", x.dims())));
+    }
+    let axes: Vec<usize> = (2..rank).collect();
+    let n: usize = x.dims()[2..].iter().product::<usize>().max(1);
+    let gamma = ctx
+        .opt_tensor("gamma")?
+        .map(|g| per_channel(&g, rank))
+        .transpose()?;
+    let beta = ctx
+        .opt_tensor("beta")?
+        .map(|b| per_channel(&b, rank))
+        .transpose()?;
+    let eps = ctx.float_or("epsilon", 1e-5)?;
+    let out = in_f32(&x, |xf| {
+        let mean = (xf.sum_keepdim(axes.clone())? / n as f64)?;
+        let centred = xf.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim(axes.clone())? / n as f64)?;
+        let mut y = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+        if let Some(g) = &gamma {
+            y = y.broadcast_mul(g)?;
+        }
+        if let Some(b) = &beta {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(y)
+    })
+    .map_err(|e| ctx.err(e.to_string()))?;
+    Ok(vec![out])
+}
+
+/// `l2_norm(x, axes=last 3 (or all when rank < 3), epsilon=1e-6)`: x / sqrt(max(sum(x²), epsilon)) over axes.
+fn l2_norm(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    let x = ctx.tensor("x")?;
+    let rank = x.rank();
+    let axes = match ctx.opt_ints("axes")? {
+        Some(a) => ctx.axes(&a, rank)?,
+        None => (rank.saturating_sub(3)..rank).collect(),
+    };
+    let eps = ctx.float_or("epsilon", 1e-6)?;
+    let out = in_f32(&x, |xf| {
+        let norm = xf.sqr()?.sum_keepdim(axes.clone())?.maximum(eps)?.sqrt()?;
+        Ok(xf.broadcast_div(&norm)?)
+    })?;
+    Ok(vec![out])
+}

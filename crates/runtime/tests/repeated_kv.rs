@@ -1,0 +1,193 @@
+//! Grouped-query attention: `matmul(x, reshape(tile(expand_dims(kv, 1), [1, R, 1, 1]), [1, G*R, S, D]))` is run
+//! without materialising the repeated KV heads; the results must equal the definition (query head h uses KV head
+//! h / R), computed here with plain loops, on the fast path and on the fallback for other `x` shapes.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use candle_coreml_format::mil::{
+    Binding, Block, DataType, Function, NamedType, Operation, TensorData, Value, ValueData,
+    ValueType,
+};
+use candle_coreml_runtime::consts::ConstCache;
+use candle_coreml_runtime::FunctionPlan;
+use common::values;
+
+const G: usize = 2;
+const R: usize = 2;
+const S: usize = 3;
+const D: usize = 2;
+
+fn ints(v: &[i64]) -> Binding {
+    Binding::Value(Value {
+        ty: ValueType::tensor(DataType::Int32, &[v.len() as u64]),
+        data: ValueData::Tensor(TensorData::Int(v.to_vec())),
+    })
+}
+
+fn boolean(b: bool) -> Binding {
+    Binding::Value(Value {
+        ty: ValueType::scalar(DataType::Bool),
+        data: ValueData::Tensor(TensorData::Bool(vec![b])),
+    })
+}
+
+fn name(n: &str) -> Binding {
+    Binding::Name(n.to_string())
+}
+
+fn op(op_type: &str, inputs: &[(&str, Binding)], output: (&str, &[u64])) -> Operation {
+    Operation {
+        op_type: op_type.to_string(),
+        inputs: inputs
+            .iter()
+            .map(|(k, b)| (k.to_string(), vec![b.clone()]))
+            .collect(),
+        outputs: vec![NamedType {
+            name: output.0.to_string(),
+            ty: ValueType::tensor(DataType::Float32, output.1),
+        }],
+        attributes: BTreeMap::new(),
+        blocks: Vec::new(),
+    }
+}
+
+fn dims(v: &[usize]) -> Vec<u64> {
+    v.iter().map(|&d| d as u64).collect()
+}
+
+/// x: input of shape `x_shape`; kv: input [G, S, D]; out = matmul(x, repeated kv, transpose_y).
+fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize]) -> Function {
+    let (g, r, s, d) = (G as u64, R as u64, S as u64, D as u64);
+    let ops = vec![
+        op(
+            "expand_dims",
+            &[("x", name("kv")), ("axes", ints(&[1]))],
+            ("e", &[g, 1, s, d]),
+        ),
+        op(
+            "tile",
+            &[("x", name("e")), ("reps", ints(&[1, R as i64, 1, 1]))],
+            ("t", &[g, r, s, d]),
+        ),
+        op(
+            "reshape",
+            &[
+                ("x", name("t")),
+                ("shape", ints(&[1, -1, S as i64, D as i64])),
+            ],
+            ("y", &[1, g * r, s, d]),
+        ),
+        op(
+            "matmul",
+            &[
+                ("x", name("x")),
+                ("y", name("y")),
+                ("transpose_x", boolean(false)),
+                ("transpose_y", boolean(transpose_y)),
+            ],
+            ("out", &dims(out_shape)),
+        ),
+    ];
+    Function {
+        inputs: vec![
+            NamedType {
+                name: "x".into(),
+                ty: ValueType::tensor(DataType::Float32, &dims(x_shape)),
+            },
+            NamedType {
+                name: "kv".into(),
+                ty: ValueType::tensor(DataType::Float32, &[g, s, d]),
+            },
+        ],
+        opset: "CoreML8".into(),
+        attributes: BTreeMap::new(),
+        block: Block {
+            inputs: Vec::new(),
+            operations: ops,
+            outputs: vec!["out".into()],
+        },
+    }
+}
+
+/// Distinct small values 1, 2, 3, ... (exact in f32 products and sums).
+fn ramp(shape: &[usize], scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (1..=n).map(|i| i as f32 * scale).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Runs the program for `x` of shape [B, G*R, T, K] and checks it against the definition.
+fn check(batch: usize, t: usize, transpose_y: bool) {
+    let (k, n) = if transpose_y { (D, S) } else { (S, D) };
+    let x_shape = [batch, G * R, t, k];
+    let out_shape = [batch, G * R, t, n];
+    let plan = FunctionPlan::build(
+        "f",
+        &program(&x_shape, transpose_y, &out_shape),
+        None,
+        &ConstCache::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(plan.fused_repeated_kv(), 1);
+    assert_eq!(
+        plan.step_count(),
+        1,
+        "expand_dims, tile and reshape are gone"
+    );
+    let x = ramp(&x_shape, 1.0);
+    let kv = ramp(&[G, S, D], 0.5);
+    let mut state = plan.make_state().unwrap();
+    let out = plan
+        .run_named(&[("x", &x), ("kv", &kv)], &mut state)
+        .unwrap();
+    assert_eq!(out[0].1.dims(), out_shape);
+    let xv = values(&x);
+    let kvv = values(&kv);
+    let mut expected = Vec::new();
+    for b in 0..batch {
+        for h in 0..G * R {
+            let group = h / R;
+            for row in 0..t {
+                for col in 0..n {
+                    let mut acc = 0.0;
+                    for i in 0..k {
+                        let xe = xv[((b * G * R + h) * t + row) * k + i];
+                        let (si, di) = if transpose_y { (col, i) } else { (i, col) };
+                        acc += xe * kvv[(group * S + si) * D + di];
+                    }
+                    expected.push(acc);
+                }
+            }
+        }
+    }
+    assert_eq!(values(&out[0].1), expected);
+}
+
+#[test]
+fn keys_transposed_one_query_row() {
+    check(1, 1, true);
+}
+
+#[test]
+fn keys_transposed_several_query_rows() {
+    check(1, 3, true);
+}
+
+#[test]
+fn values_one_query_row() {
+    check(1, 1, false);
+}
+
+#[test]
+fn values_several_query_rows() {
+    check(1, 2, false);
+}
+
+#[test]
+fn a_query_batch_of_two_falls_back_to_repeating() {
+    check(2, 2, true);
+}
