@@ -13,7 +13,7 @@ use candle_coreml_runtime::LoadOptions;
 
 use crate::chat_template::{ChatTemplateOptions, Message};
 use crate::error::{LlmError, Result};
-use crate::meta::ModelFiles;
+use crate::files::ModelFiles;
 use crate::pipeline::{AnemllModel, NextToken};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};

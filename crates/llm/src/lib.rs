@@ -22,6 +22,7 @@
 
 pub mod chat_template;
 pub mod error;
+pub mod files;
 pub mod generate;
 pub mod layout;
 pub mod meta;
@@ -32,9 +33,10 @@ pub mod tokenizer;
 pub use candle_coreml_hub::{ModelConfig, ResolveOptions};
 pub use chat_template::{ChatTemplate, ChatTemplateOptions, Message};
 pub use error::{LlmError, Result};
+pub use files::ModelFiles;
 pub use generate::{Generation, GenerationConfig, QwenModel, StopReason, TextModel, Timings};
 pub use layout::ModelLayout;
-pub use meta::{AnemllMeta, ModelFiles};
+pub use meta::AnemllMeta;
 pub use pipeline::{AnemllModel, NextToken};
 pub use sampling::{Sampler, SamplingConfig};
 pub use tokenizer::{IncrementalDecoder, TextTokenizer};

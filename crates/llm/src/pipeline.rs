@@ -21,10 +21,10 @@ use candle_coreml_runtime::{CoreMLModel, LoadOptions, ModelState};
 use half::f16;
 
 use crate::error::{LlmError, Result};
+use crate::files::ModelFiles;
 use crate::layout::{
     names, LmHeadOutputs, ModelLayout, PartDescriptions, INFER_FUNCTION, PREFILL_FUNCTION,
 };
-use crate::meta::ModelFiles;
 
 /// What the LM head gives for the next token.
 #[derive(Debug, Clone, PartialEq)]

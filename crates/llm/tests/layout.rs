@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_coreml_format::ModelFile;
+use candle_coreml_llm::files::ModelFiles;
 use candle_coreml_llm::layout::{LmHeadOutputs, ModelLayout, PartDescriptions};
-use candle_coreml_llm::meta::ModelFiles;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(concat!(
