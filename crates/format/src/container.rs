@@ -43,6 +43,31 @@ impl ModelFormat {
     }
 }
 
+/// File-name extensions under which a Core ML model may be stored, in order of preference.
+pub const MODEL_EXTENSIONS: [&str; 4] = [".mlmodelc", ".mlmodelc.zip", ".mlpackage", ".mlmodel"];
+
+/// Strips a model-file extension (`.mlmodelc`, `.mlmodelc.zip`, `.mlpackage`, `.mlmodel`) from a name.
+pub fn strip_model_extension(name: &str) -> &str {
+    MODEL_EXTENSIONS
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(name)
+}
+
+/// Finds the model file named `name` (any extension, or none) in `dir`: first the exact name when it is a model
+/// file name, then the same stem with each of [`MODEL_EXTENSIONS`] in turn.
+pub fn resolve_model_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    let exact = dir.join(name);
+    if exact.exists() && MODEL_EXTENSIONS.iter().any(|ext| name.ends_with(ext)) {
+        return Some(exact);
+    }
+    let stem = strip_model_extension(name);
+    MODEL_EXTENSIONS
+        .iter()
+        .map(|ext| dir.join(format!("{stem}{ext}")))
+        .find(|p| p.exists())
+}
+
 /// A Core ML ML Program read from disk: its description, program and weights.
 #[derive(Debug, Clone)]
 pub struct ModelFile {

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use candle_coreml_format::container::{resolve_model_file, strip_model_extension};
 use candle_coreml_format::description::{
     FeatureDescription, FeatureKind, FunctionDescription, ShapeFlexibility,
 };
@@ -278,7 +279,7 @@ impl ModelConfig {
             .unwrap_or_default()
     }
 
-    /// The files of a component resolved against the model directory (see [`resolve_part`]); an error names a
+    /// The files of a component resolved against the model directory (see [`resolve_model_file`]); an error names a
     /// missing file.
     pub fn component_paths(&self, dir: &Path, key: &str) -> Result<Vec<PathBuf>> {
         let component = self.require_component(key)?;
@@ -291,7 +292,7 @@ impl ModelConfig {
         files
             .into_iter()
             .map(|f| {
-                resolve_part(dir, f).ok_or_else(|| {
+                resolve_model_file(dir, f).ok_or_else(|| {
                     invalid(format!(
                         "component `{key}`: file `{f}` not found in {}",
                         dir.display()
@@ -483,7 +484,7 @@ impl ModelConfig {
             let wanted = meta
                 .as_ref()
                 .and_then(|m| meta_string(m, meta_key))
-                .map(|s| strip_model_ext(&s).to_string());
+                .map(|s| strip_model_extension(&s).to_string());
             let mut found: Vec<&String> = parts
                 .iter()
                 .filter(|p| test(&p.to_ascii_lowercase()))
@@ -492,7 +493,7 @@ impl ModelConfig {
                 let narrowed: Vec<&String> = found
                     .iter()
                     .copied()
-                    .filter(|p| strip_model_ext(p) == w)
+                    .filter(|p| strip_model_extension(p) == w)
                     .collect();
                 if !narrowed.is_empty() {
                     found = narrowed;
@@ -517,15 +518,15 @@ impl ModelConfig {
         let ffn_base = meta
             .as_ref()
             .and_then(|m| meta_string(m, "ffn"))
-            .map(|s| strip_model_ext(&s).to_string());
+            .map(|s| strip_model_extension(&s).to_string());
         let chunks: Vec<(String, usize, usize)> = parts
             .iter()
             .filter(|p| {
                 ffn_base.as_ref().is_none_or(|b| {
-                    strip_model_ext(p).starts_with(b.as_str()) || !p.contains("FFN_PF")
+                    strip_model_extension(p).starts_with(b.as_str()) || !p.contains("FFN_PF")
                 })
             })
-            .filter_map(|p| chunk_numbers(p).map(|(i, n)| (p.clone(), i, n)))
+            .filter_map(|p| chunk_numbers(p, false).map(|(i, n)| (p.clone(), i, n)))
             .collect();
         if chunks.is_empty() {
             return Err(fail("no FFN chunk files (`*_chunk_NNofMM.*`)".into()));
@@ -810,40 +811,42 @@ fn component_from(
     }
 }
 
-const MODEL_EXTENSIONS: [&str; 4] = [".mlmodelc.zip", ".mlmodelc", ".mlpackage", ".mlmodel"];
-
-/// A file name without its Core ML extension (`.mlmodelc.zip`, `.mlmodelc`, `.mlpackage`, `.mlmodel`).
-pub fn strip_model_ext(name: &str) -> &str {
-    let lower = name.to_ascii_lowercase();
-    for ext in MODEL_EXTENSIONS {
-        if lower.ends_with(ext) {
-            return &name[..name.len() - ext.len()];
+/// `(i, n)` from an ANEMLL chunk file name (`..._chunk_IIofNN...`); with `require_ffn_pf`, only after `FFN_PF` in the
+/// name (`FFN_PF.*_chunk_(\d+)of(\d+)`). The last match wins, as with a greedy `.*` in a regex.
+pub fn chunk_numbers(name: &str, require_ffn_pf: bool) -> Option<(usize, usize)> {
+    let search_from = if require_ffn_pf {
+        name.find("FFN_PF")? + "FFN_PF".len()
+    } else {
+        0
+    };
+    let rest = name.get(search_from..)?;
+    let mut found = None;
+    let mut offset = 0;
+    while let Some(at) = rest.get(offset..).and_then(|r| r.find("_chunk_")) {
+        let start = offset + at + "_chunk_".len();
+        if let Some(numbers) = rest.get(start..).and_then(parse_n_of_m) {
+            found = Some(numbers);
         }
+        offset = start;
     }
-    name
+    found
 }
 
-/// Finds a part named `name` in `dir`: the name itself, else the same stem in another form (`.mlmodelc`,
-/// `.mlmodelc.zip`, `.mlpackage`, `.mlmodel`, in that order). Absolute names are taken as they are.
-pub fn resolve_part(dir: &Path, name: &str) -> Option<PathBuf> {
-    let direct = dir.join(name);
-    if direct.exists() {
-        return Some(direct);
+/// Parses `NNofMM` at the start of `text`.
+fn parse_n_of_m(text: &str) -> Option<(usize, usize)> {
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let n_len = digits(text);
+    if n_len == 0 {
+        return None;
     }
-    let stem = strip_model_ext(name);
-    [".mlmodelc", ".mlmodelc.zip", ".mlpackage", ".mlmodel"]
-        .iter()
-        .map(|ext| dir.join(format!("{stem}{ext}")))
-        .find(|p| p.exists())
-}
-
-/// `(i, n)` from a `_chunk_IIofNN` file name.
-pub fn chunk_numbers(name: &str) -> Option<(usize, usize)> {
-    let stem = strip_model_ext(name);
-    let at = stem.rfind("_chunk_")?;
-    let (i, n) = stem[at + "_chunk_".len()..].split_once("of")?;
-    let n_digits: String = n.chars().take_while(|c| c.is_ascii_digit()).collect();
-    Some((i.parse().ok()?, n_digits.parse().ok()?))
+    let index = text.get(..n_len)?.parse().ok()?;
+    let after = text.get(n_len..)?.strip_prefix("of")?;
+    let m_len = digits(after);
+    if m_len == 0 {
+        return None;
+    }
+    let count = after.get(..m_len)?.parse().ok()?;
+    Some((index, count))
 }
 
 /// The model parts in a directory (one name per stem, preferring `.mlmodelc`, then `.mlpackage`, `.mlmodelc.zip`,
@@ -865,7 +868,7 @@ fn list_parts(dir: &Path) -> Result<Vec<String>> {
         } else {
             continue;
         };
-        let stem = strip_model_ext(&name).to_string();
+        let stem = strip_model_extension(&name).to_string();
         match by_stem.get(&stem) {
             Some((r, _)) if *r <= rank => {}
             _ => {
@@ -894,14 +897,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunk_numbers_and_stems() {
+    fn chunk_numbers_match_the_anemll_pattern() {
         assert_eq!(
-            chunk_numbers("qwen_FFN_PF_lut6_chunk_02of02.mlpackage"),
-            Some((2, 2))
+            chunk_numbers("qwen_FFN_PF_lut6_chunk_02of03.mlmodelc", true),
+            Some((2, 3))
         );
-        assert_eq!(chunk_numbers("qwen_lm_head.mlpackage"), None);
-        assert_eq!(strip_model_ext("a.mlmodelc.zip"), "a");
-        assert_eq!(strip_model_ext("a.mlpackage"), "a");
+        assert_eq!(
+            chunk_numbers("llama_FFN_PF_chunk_1of12.mlpackage", true),
+            Some((1, 12))
+        );
+        assert_eq!(
+            chunk_numbers("llama_FFN_chunk_01of02.mlpackage", true),
+            None
+        );
+        assert_eq!(chunk_numbers("llama_FFN_PF.mlmodelc", true), None);
+        assert_eq!(chunk_numbers("x_FFN_PF_chunk_of02", true), None);
+        assert_eq!(chunk_numbers("x_FFN_PF_chunk_01of", true), None);
+        assert_eq!(
+            chunk_numbers("a_chunk_01of02_chunk_03of04", false),
+            Some((3, 4))
+        );
+        assert_eq!(chunk_numbers("qwen_lm_head.mlpackage", false), None);
+    }
+
+    #[test]
+    fn extensions_are_stripped() {
+        assert_eq!(strip_model_extension("a_lm_head.mlmodelc"), "a_lm_head");
+        assert_eq!(strip_model_extension("a_lm_head.mlmodelc.zip"), "a_lm_head");
+        assert_eq!(strip_model_extension("a_lm_head.mlpackage"), "a_lm_head");
+        assert_eq!(strip_model_extension("a_lm_head"), "a_lm_head");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_coreml_hub::model_config::{resolve_part, EMBEDDINGS, FFN_INFER, FFN_PREFILL, LM_HEAD};
+use candle_coreml_format::container::resolve_model_file;
+use candle_coreml_hub::model_config::{EMBEDDINGS, FFN_INFER, FFN_PREFILL, LM_HEAD};
 use candle_coreml_hub::{HubError, ModelConfig};
 
 fn fixture(set: &str) -> PathBuf {
@@ -232,5 +233,5 @@ fn generation_reports_a_directory_without_parts() {
     let err = ModelConfig::generate(dir.path(), None).unwrap_err();
     assert!(matches!(err, HubError::ConfigGeneration { .. }), "{err}");
     assert!(err.to_string().contains("embeddings"), "{err}");
-    assert_eq!(resolve_part(dir.path(), "x.mlmodelc"), None);
+    assert_eq!(resolve_model_file(dir.path(), "x.mlmodelc"), None);
 }

@@ -4,11 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_coreml_format::container::{
+    resolve_model_file as resolve_part, strip_model_extension, MODEL_EXTENSIONS,
+};
+use candle_coreml_hub::model_config::chunk_numbers;
 use candle_coreml_hub::ModelConfig;
 
 use crate::error::{LlmError, Result};
 use crate::layout::{INFER_FUNCTION, PREFILL_FUNCTION};
-use crate::meta::{AnemllMeta, LutSetting, META_FILE_NAME, MODEL_EXTENSIONS};
+use crate::meta::{AnemllMeta, LutSetting, META_FILE_NAME};
 
 /// Where the parts of an ANEMLL model are on disk.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,72 +31,6 @@ pub struct ModelFiles {
     pub config: Option<ModelConfig>,
 }
 
-/// The chunk numbers found in a file name: `(index, count)` from `..._chunk_NNofMM...`, 1-based.
-///
-/// Matches the pattern `FFN_PF.*_chunk_(\d+)of(\d+)` when `require_ffn_pf`, else `_chunk_(\d+)of(\d+)` anywhere.
-pub fn chunk_numbers(name: &str, require_ffn_pf: bool) -> Option<(usize, usize)> {
-    let search_from = if require_ffn_pf {
-        name.find("FFN_PF")? + "FFN_PF".len()
-    } else {
-        0
-    };
-    let rest = name.get(search_from..)?;
-    // The last occurrence wins, as with a greedy `.*` in a regex.
-    let mut found = None;
-    let mut offset = 0;
-    while let Some(at) = rest.get(offset..).and_then(|r| r.find("_chunk_")) {
-        let start = offset + at + "_chunk_".len();
-        if let Some(numbers) = rest.get(start..).and_then(parse_n_of_m) {
-            found = Some(numbers);
-        }
-        offset = start;
-    }
-    found
-}
-
-/// Parses `NNofMM` at the start of `text`.
-fn parse_n_of_m(text: &str) -> Option<(usize, usize)> {
-    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
-    let n_len = digits(text);
-    if n_len == 0 {
-        return None;
-    }
-    let index = text.get(..n_len)?.parse().ok()?;
-    let after = text.get(n_len..)?.strip_prefix("of")?;
-    let m_len = digits(after);
-    if m_len == 0 {
-        return None;
-    }
-    let count = after.get(..m_len)?.parse().ok()?;
-    Some((index, count))
-}
-
-/// Strips a model-file extension (`.mlmodelc`, `.mlmodelc.zip`, `.mlpackage`, `.mlmodel`) from a name.
-pub fn strip_model_extension(name: &str) -> &str {
-    MODEL_EXTENSIONS
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(name)
-}
-
-/// Finds the file for the part named `name` (any extension, or none) in `dir`: first the exact name, then the
-/// same stem with each of [`MODEL_EXTENSIONS`].
-pub fn resolve_part(dir: &Path, name: &str) -> Option<PathBuf> {
-    let exact = dir.join(name);
-    if exact.exists() && is_model_name(name) {
-        return Some(exact);
-    }
-    let stem = strip_model_extension(name);
-    MODEL_EXTENSIONS
-        .iter()
-        .map(|ext| dir.join(format!("{stem}{ext}")))
-        .find(|p| p.exists())
-}
-
-fn is_model_name(name: &str) -> bool {
-    MODEL_EXTENSIONS.iter().any(|ext| name.ends_with(ext))
-}
-
 /// The names of the model files (any of [`MODEL_EXTENSIONS`]) in `dir`, sorted.
 fn model_names_in(dir: &Path) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(dir).map_err(|source| LlmError::Io {
@@ -106,7 +44,7 @@ fn model_names_in(dir: &Path) -> Result<Vec<String>> {
             source,
         })?;
         if let Some(name) = entry.file_name().to_str() {
-            if is_model_name(name) {
+            if MODEL_EXTENSIONS.iter().any(|ext| name.ends_with(ext)) {
                 names.push(name.to_string());
             }
         }
@@ -531,40 +469,4 @@ fn chunks_with_base(names: &[String], base: &str) -> Vec<(usize, usize, String)>
         .collect();
     found.sort();
     found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_numbers_match_the_anemll_pattern() {
-        assert_eq!(
-            chunk_numbers("qwen_FFN_PF_lut6_chunk_02of03.mlmodelc", true),
-            Some((2, 3))
-        );
-        assert_eq!(
-            chunk_numbers("llama_FFN_PF_chunk_1of12.mlpackage", true),
-            Some((1, 12))
-        );
-        assert_eq!(
-            chunk_numbers("llama_FFN_chunk_01of02.mlpackage", true),
-            None
-        );
-        assert_eq!(chunk_numbers("llama_FFN_PF.mlmodelc", true), None);
-        assert_eq!(chunk_numbers("x_FFN_PF_chunk_of02", true), None);
-        assert_eq!(chunk_numbers("x_FFN_PF_chunk_01of", true), None);
-        assert_eq!(
-            chunk_numbers("a_chunk_01of02_chunk_03of04", false),
-            Some((3, 4))
-        );
-    }
-
-    #[test]
-    fn extensions_are_stripped() {
-        assert_eq!(strip_model_extension("a_lm_head.mlmodelc"), "a_lm_head");
-        assert_eq!(strip_model_extension("a_lm_head.mlmodelc.zip"), "a_lm_head");
-        assert_eq!(strip_model_extension("a_lm_head.mlpackage"), "a_lm_head");
-        assert_eq!(strip_model_extension("a_lm_head"), "a_lm_head");
-    }
 }

@@ -18,9 +18,6 @@ use crate::error::{LlmError, Result};
 /// File name of the ANEMLL model description inside a model directory.
 pub const META_FILE_NAME: &str = "meta.yaml";
 
-/// File-name extensions under which a Core ML model part may be stored, in order of preference.
-pub const MODEL_EXTENSIONS: [&str; 4] = [".mlmodelc", ".mlmodelc.zip", ".mlpackage", ".mlmodel"];
-
 /// A YAML scalar whose type varies between writers (`version: 0.3.4` is a string, `version: 0.4` a float,
 /// `lut_ffn: 8` an integer, `lut_ffn: none` a string).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
