@@ -73,6 +73,19 @@ pub struct Step {
 const MAX_CACHED_INTS: usize = 64;
 
 impl Step {
+    /// The argument bound to `param` when it has exactly one binding.
+    pub fn single_arg(&self, param: &str) -> Option<&Arg> {
+        match self
+            .params
+            .iter()
+            .find(|(p, _)| p == param)
+            .map(|(_, a)| a.as_slice())
+        {
+            Some([a]) => Some(a),
+            _ => None,
+        }
+    }
+
     /// The small integer constant parameters among `params` (single-valued, non-float constants of at most
     /// `MAX_CACHED_INTS` elements), flattened.
     pub fn integer_constants(params: &[(String, Vec<Arg>)]) -> Result<Vec<(String, Vec<i64>)>> {

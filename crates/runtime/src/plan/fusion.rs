@@ -69,34 +69,15 @@ impl FunctionPlan {
             })
             .collect();
         let single_slot = |step: &Step, param: &str| -> Option<usize> {
-            match step
-                .params
-                .iter()
-                .find(|(p, _)| p == param)
-                .map(|(_, a)| a.as_slice())
-            {
-                Some(
-                    [Arg {
-                        operand: Operand::Slot(s),
-                        ..
-                    }],
-                ) => Some(*s),
+            match step.single_arg(param)?.operand {
+                Operand::Slot(s) => Some(s),
                 _ => None,
             }
         };
         let single_state = |step: &Step, param: &str| -> Option<(String, ValueType)> {
-            match step
-                .params
-                .iter()
-                .find(|(p, _)| p == param)
-                .map(|(_, a)| a.as_slice())
-            {
-                Some(
-                    [Arg {
-                        operand: Operand::State(name),
-                        ty,
-                    }],
-                ) => Some((name.clone(), ty.clone())),
+            let arg = step.single_arg(param)?;
+            match &arg.operand {
+                Operand::State(name) => Some((name.clone(), arg.ty.clone())),
                 _ => None,
             }
         };
@@ -211,17 +192,7 @@ impl FunctionPlan {
                 uses[s].push(usize::MAX);
             }
         }
-        let single_arg = |step: &Step, param: &str| -> Option<Arg> {
-            match step
-                .params
-                .iter()
-                .find(|(p, _)| p == param)
-                .map(|(_, a)| a.as_slice())
-            {
-                Some([a]) => Some(a.clone()),
-                _ => None,
-            }
-        };
+        let single_arg = |step: &Step, param: &str| step.single_arg(param).cloned();
         let slot_of = |arg: &Arg| match arg.operand {
             Operand::Slot(s) => Some(s),
             _ => None,
