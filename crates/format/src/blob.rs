@@ -127,6 +127,22 @@ impl WeightFile {
         })
     }
 
+    /// Drops this process's resident pages of the mapping (the data stays in the OS page cache and is read back
+    /// on the next access). Loaders call it once the weights they need have been copied out, so that resident
+    /// memory counts each weight once. Advisory: errors are ignored.
+    pub fn release_resident_pages(&self) {
+        #[cfg(unix)]
+        {
+            // SAFETY: the mapping is a read-only shared file mapping, for which MADV_DONTNEED only drops page
+            // table entries; later reads fault the unchanged file contents back in.
+            let _ = unsafe {
+                self.inner
+                    .map
+                    .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+            };
+        }
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -483,6 +499,13 @@ impl WeightStore {
     /// The weight files, keyed by the path written in the program.
     pub fn files(&self) -> &BTreeMap<String, WeightFile> {
         &self.files
+    }
+
+    /// Drops the resident pages of every mapped weight file (see [`WeightFile::release_resident_pages`]).
+    pub fn release_resident_pages(&self) {
+        for file in self.files.values() {
+            file.release_resident_pages();
+        }
     }
 
     /// Weight files the program refers to that are absent, keyed by the path written in the program, with the

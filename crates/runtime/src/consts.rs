@@ -2,7 +2,7 @@
 //! arrays that `constexpr_*` ops decode from.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_coreml_format::blob::{Blob, WeightStore};
@@ -11,6 +11,8 @@ use half::{bf16, f16};
 
 use crate::dtype::storage_dtype;
 use crate::error::{program_error, Result};
+use crate::kernels::arena::WeightArena;
+use crate::kernels::lut_matrix::LutMatrix;
 
 /// A compile-time value as the executor holds it.
 #[derive(Debug, Clone)]
@@ -24,14 +26,42 @@ pub enum ConstValue {
     },
     /// A string scalar (op modes, dtype names, einsum equations).
     Str(String),
+    /// A palettised weight kept packed for the matrix kernels (`conv`/`linear` weights); any other use sees it
+    /// expanded to a dense tensor.
+    Packed {
+        /// The packed matrix (`shape[0]` rows, the product of the other dims as columns).
+        matrix: Arc<LutMatrix>,
+        /// The declared shape of the dense weight.
+        shape: Vec<usize>,
+        /// The MIL element type of the dense weight.
+        dtype: DataType,
+    },
+}
+
+impl ConstValue {
+    /// The constant as a tensor on `device` (packed weights are expanded); `None` for strings.
+    pub fn to_tensor(&self, device: &Device) -> Result<Option<Tensor>> {
+        Ok(match self {
+            ConstValue::Tensor { tensor, .. } => Some(tensor.clone()),
+            ConstValue::Str(_) => None,
+            ConstValue::Packed {
+                matrix,
+                shape,
+                dtype,
+            } => Some(float_tensor(matrix.to_dense(), shape, *dtype, device)?),
+        })
+    }
 }
 
 /// Tensors materialised from weight blobs, shared by every function of a model (keyed by blob reference), and
-/// the decoded outputs of `constexpr_*` ops whose inputs are all blobs (keyed by op type, inputs and attributes).
+/// the decoded outputs of `constexpr_*` ops whose inputs are all blobs (keyed by op type, inputs and attributes),
+/// dense or packed. Packed weights live in the cache's [`WeightArena`].
 #[derive(Default)]
 pub struct ConstCache {
     blobs: Mutex<HashMap<BlobRef, Tensor>>,
     derived: Mutex<HashMap<String, Tensor>>,
+    packed: Mutex<HashMap<String, Arc<LutMatrix>>>,
+    arena: WeightArena,
 }
 
 impl ConstCache {
@@ -67,7 +97,26 @@ impl ConstCache {
         Ok(t)
     }
 
-    /// Number of distinct cached tensors and their total size in bytes.
+    /// The cached packed matrix for `key`, or `make()`'s result (`None`: cannot be packed), stored for next time.
+    pub fn packed_or_insert(
+        &self,
+        key: &str,
+        make: impl FnOnce(&WeightArena) -> Result<Option<LutMatrix>>,
+    ) -> Result<Option<Arc<LutMatrix>>> {
+        if let Some(m) = self.packed.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return Ok(Some(m));
+        }
+        let Some(matrix) = make(&self.arena)? else {
+            return Ok(None);
+        };
+        let matrix = Arc::new(matrix);
+        if let Ok(mut m) = self.packed.lock() {
+            m.insert(key.to_string(), matrix.clone());
+        }
+        Ok(Some(matrix))
+    }
+
+    /// Number of distinct cached constants and their total size in bytes.
     pub fn stats(&self) -> (usize, usize) {
         let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let mut count = 0;
@@ -79,6 +128,10 @@ impl ConstCache {
         if let Ok(m) = self.derived.lock() {
             count += m.len();
             bytes += m.values().map(size).sum::<usize>();
+        }
+        if let Ok(m) = self.packed.lock() {
+            count += m.len();
+            bytes += m.values().map(|p| p.byte_size()).sum::<usize>();
         }
         (count, bytes)
     }

@@ -10,9 +10,11 @@
 pub mod consts;
 pub mod dtype;
 pub mod error;
+pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod plan;
+pub mod profile;
 pub mod state;
 
 pub use error::{Result, RuntimeError};

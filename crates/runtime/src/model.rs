@@ -86,6 +86,8 @@ impl LoadedModel {
             &self.cache,
             &self.device,
         )?);
+        // Every constant the plan needs has been copied out of the weight files.
+        self.file.weights.release_resident_pages();
         let (constants, bytes) = self.cache.stats();
         tracing::debug!(
             path = %self.file.path.display(),

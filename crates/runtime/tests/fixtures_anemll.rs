@@ -80,6 +80,28 @@ fn run_set(set: &str) {
             chunk.infer.plan().fused_repeated_kv() > 0,
             "{set}: GQA matmuls read the KV heads without tiling them"
         );
+        // The Qwen attention products skip the KV positions the causal mask closes (in the Llama set the chain
+        // around the softmax is not the `softmax(add(mul(scores, scale), mask))` that is fused).
+        if set.starts_with("qwen3") {
+            assert!(
+                chunk.infer.plan().masked_kv_products() > 0,
+                "{set}: masked KV positions are skipped"
+            );
+        }
+        // Palettised projection weights stay packed, so the tokens below also check the LUT kernels.
+        if set.contains("lut") {
+            assert!(
+                chunk.infer.plan().packed_weights() > 0,
+                "{set}: packed FFN weights"
+            );
+            assert!(
+                chunk.prefill.plan().packed_weights() > 0,
+                "{set}: packed FFN weights"
+            );
+        }
+    }
+    if set.contains("lut") {
+        assert!(lm_head.plan().packed_weights() > 0, "{set}: packed LM head");
     }
     let mut state: ModelState = chunks[0].prefill.make_state().unwrap();
     let mut ids: Vec<i64> = expected["prompt"]["ids"]

@@ -38,7 +38,12 @@ fn name(n: &str) -> Binding {
     Binding::Name(n.to_string())
 }
 
-fn op(op_type: &str, inputs: &[(&str, Binding)], output: (&str, &[u64])) -> Operation {
+fn op(
+    op_type: &str,
+    inputs: &[(&str, Binding)],
+    output: (&str, &[u64]),
+    dtype: DataType,
+) -> Operation {
     Operation {
         op_type: op_type.to_string(),
         inputs: inputs
@@ -47,7 +52,7 @@ fn op(op_type: &str, inputs: &[(&str, Binding)], output: (&str, &[u64])) -> Oper
             .collect(),
         outputs: vec![NamedType {
             name: output.0.to_string(),
-            ty: ValueType::tensor(DataType::Float32, output.1),
+            ty: ValueType::tensor(dtype, output.1),
         }],
         attributes: BTreeMap::new(),
         blocks: Vec::new(),
@@ -58,19 +63,21 @@ fn dims(v: &[usize]) -> Vec<u64> {
     v.iter().map(|&d| d as u64).collect()
 }
 
-/// x: input of shape `x_shape`; kv: input [G, S, D]; out = matmul(x, repeated kv, transpose_y).
-fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize]) -> Function {
+/// x: input of shape `x_shape`; kv: input [G, S, D]; out = matmul(x, repeated kv, transpose_y); all of `dtype`.
+fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize], dtype: DataType) -> Function {
     let (g, r, s, d) = (G as u64, R as u64, S as u64, D as u64);
     let ops = vec![
         op(
             "expand_dims",
             &[("x", name("kv")), ("axes", ints(&[1]))],
             ("e", &[g, 1, s, d]),
+            dtype,
         ),
         op(
             "tile",
             &[("x", name("e")), ("reps", ints(&[1, R as i64, 1, 1]))],
             ("t", &[g, r, s, d]),
+            dtype,
         ),
         op(
             "reshape",
@@ -79,6 +86,7 @@ fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize]) -> Functio
                 ("shape", ints(&[1, -1, S as i64, D as i64])),
             ],
             ("y", &[1, g * r, s, d]),
+            dtype,
         ),
         op(
             "matmul",
@@ -89,17 +97,18 @@ fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize]) -> Functio
                 ("transpose_y", boolean(transpose_y)),
             ],
             ("out", &dims(out_shape)),
+            dtype,
         ),
     ];
     Function {
         inputs: vec![
             NamedType {
                 name: "x".into(),
-                ty: ValueType::tensor(DataType::Float32, &dims(x_shape)),
+                ty: ValueType::tensor(dtype, &dims(x_shape)),
             },
             NamedType {
                 name: "kv".into(),
-                ty: ValueType::tensor(DataType::Float32, &[g, s, d]),
+                ty: ValueType::tensor(dtype, &[g, s, d]),
             },
         ],
         opset: "CoreML8".into(),
@@ -119,14 +128,15 @@ fn ramp(shape: &[usize], scale: f32) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// Runs the program for `x` of shape [B, G*R, T, K] and checks it against the definition.
-fn check(batch: usize, t: usize, transpose_y: bool) {
+/// Runs the program for `x` of shape [B, G*R, T, K] and checks it against the definition (exactly in f32; in
+/// fp16, within the rounding of the fp16 result).
+fn check(batch: usize, t: usize, transpose_y: bool, dtype: DataType) {
     let (k, n) = if transpose_y { (D, S) } else { (S, D) };
     let x_shape = [batch, G * R, t, k];
     let out_shape = [batch, G * R, t, n];
     let plan = FunctionPlan::build(
         "f",
-        &program(&x_shape, transpose_y, &out_shape),
+        &program(&x_shape, transpose_y, &out_shape, dtype),
         None,
         &ConstCache::default(),
         &Device::Cpu,
@@ -164,30 +174,49 @@ fn check(batch: usize, t: usize, transpose_y: bool) {
             }
         }
     }
-    assert_eq!(values(&out[0].1), expected);
+    let got = values(&out[0].1);
+    if dtype == DataType::Float32 {
+        assert_eq!(got, expected);
+    } else {
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() <= e.abs() / 1024.0, "{g} vs {e}");
+        }
+    }
 }
 
 #[test]
 fn keys_transposed_one_query_row() {
-    check(1, 1, true);
+    check(1, 1, true, DataType::Float32);
+    check(1, 1, true, DataType::Float16);
 }
 
 #[test]
 fn keys_transposed_several_query_rows() {
-    check(1, 3, true);
+    check(1, 3, true, DataType::Float32);
+    check(1, 3, true, DataType::Float16);
 }
 
 #[test]
 fn values_one_query_row() {
-    check(1, 1, false);
+    check(1, 1, false, DataType::Float32);
+    check(1, 1, false, DataType::Float16);
 }
 
 #[test]
 fn values_several_query_rows() {
-    check(1, 2, false);
+    check(1, 2, false, DataType::Float32);
+    check(1, 2, false, DataType::Float16);
 }
 
 #[test]
 fn a_query_batch_of_two_falls_back_to_repeating() {
-    check(2, 2, true);
+    check(2, 2, true, DataType::Float32);
+    check(2, 2, true, DataType::Float16);
+}
+
+#[test]
+fn many_query_rows_in_fp16_use_the_widened_head() {
+    check(1, 5, true, DataType::Float16);
+    check(1, 5, false, DataType::Float16);
 }

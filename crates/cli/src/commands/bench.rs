@@ -31,6 +31,10 @@ pub struct Args {
     /// cores.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// After the timed repetitions, run one more with per-op-type timing and print where prefill and decode
+    /// spend their time.
+    #[arg(long)]
+    pub profile_ops: bool,
 }
 
 /// Timings of one repetition.
@@ -86,12 +90,13 @@ fn repetition(
     })
 }
 
-/// Peak resident memory of this process (VmHWM), where the OS reports it.
-fn peak_resident_memory() -> Option<String> {
+/// A memory figure of this process from /proc/self/status (`VmHWM`: peak resident, `VmRSS`: resident now),
+/// where the OS reports it.
+fn resident_memory(field: &str) -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line
-        .trim_start_matches("VmHWM:")
+        .trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -158,6 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..args.repeats {
         runs.push(repetition(&mut model, &prompt, args.gen_len)?);
     }
+    let decode_rss = resident_memory("VmRSS:");
     let reference = &runs[0].tokens;
     if runs.iter().any(|r| &r.tokens != reference) {
         bail!("the repetitions produced different greedy tokens");
@@ -184,7 +190,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("load_time: {:.3} s", load_time.as_secs_f64());
     println!(
         "peak_resident_memory: {}",
-        peak_resident_memory().unwrap_or_else(|| "n/a".to_string())
+        resident_memory("VmHWM:").unwrap_or_else(|| "n/a".to_string())
+    );
+    println!(
+        "resident_memory_after_decode: {}",
+        decode_rss.unwrap_or_else(|| "n/a".to_string())
     );
     println!("{}", stat_line("time_to_first_token", &ttft, "s"));
     println!("{}", stat_line("prefill", &prefill, "tok/s"));
@@ -195,7 +205,50 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let shown: Vec<String> = reference.iter().take(8).map(u32::to_string).collect();
     println!("greedy_tokens: {}", shown.join(" "));
+    if args.profile_ops {
+        profile_ops(&mut model, &prompt, args.gen_len)?;
+    }
     Ok(())
+}
+
+/// One more repetition with per-op-type timing; prints a table for the prompt and one for the decode steps.
+fn profile_ops(model: &mut AnemllModel, prompt: &[u32], gen_len: usize) -> anyhow::Result<()> {
+    model.reset()?;
+    candle_coreml_runtime::profile::set_enabled(true);
+    let mut sequence = prompt.to_vec();
+    sequence.push(pick(model.next_token(&sequence)?)?);
+    let prefill = candle_coreml_runtime::profile::take();
+    for _ in 0..gen_len {
+        let next = pick(model.next_token(&sequence)?)?;
+        sequence.push(next);
+    }
+    let decode = candle_coreml_runtime::profile::take();
+    candle_coreml_runtime::profile::set_enabled(false);
+    print_profile("prompt + first token", &prefill, 1);
+    print_profile("decode", &decode, gen_len.max(1));
+    Ok(())
+}
+
+fn print_profile(phase: &str, timings: &[candle_coreml_runtime::profile::OpTiming], steps: usize) {
+    let total: f64 = timings.iter().map(|t| t.total.as_secs_f64()).sum();
+    println!(
+        "op profile, {phase}: {:.3} ms per step in ops",
+        total * 1e3 / steps as f64
+    );
+    println!(
+        "  {:<24} {:>8} {:>12} {:>7}",
+        "op", "calls", "ms/step", "share"
+    );
+    for t in timings {
+        let secs = t.total.as_secs_f64();
+        println!(
+            "  {:<24} {:>8} {:>12.3} {:>6.1}%",
+            t.op_type,
+            t.calls / steps as u64,
+            secs * 1e3 / steps as f64,
+            100.0 * secs / total.max(f64::MIN_POSITIVE)
+        );
+    }
 }
 
 #[cfg(test)]

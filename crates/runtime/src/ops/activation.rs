@@ -1,7 +1,9 @@
 //! Activation functions and `softmax`. Computed in f32 for fp16/bf16 inputs, then rounded once to the input type.
 
 use candle_core::{DType, Tensor};
+use half::f16;
 
+use super::elementwise::fp16::{self, Dest, Strided};
 use super::{in_f32, Kernel, OpCtx};
 use crate::error::Result;
 
@@ -90,9 +92,73 @@ fn sigmoid_hard(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     })
 }
 
+/// x * sigmoid(x) in f32, as [`sigmoid_f32`] and the product compute it.
+fn silu_scalar(v: f32) -> f32 {
+    (1.0 / ((-v).exp() + 1.0)) * v
+}
+
 /// `silu(x)`: x * sigmoid(x).
 fn silu(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    if let Some(out) = fp16::map_elementwise([&ctx.tensor("x")?], |[v]| silu_scalar(v)) {
+        return Ok(vec![out]);
+    }
     act(ctx, |x| Ok((sigmoid_f32(x)? * x)?))
+}
+
+/// Fused `mul(silu(x), y)` on fp16 tensors (broadcast numpy-style): silu(x) rounded to fp16, times y, rounded to
+/// fp16, as the unfused ops round.
+pub fn silu_mul(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    let x = ctx.tensor("x")?;
+    let y = ctx.tensor("y")?;
+    let (values, dims) = map_f16(ctx, [&x, &y], |[a, b], res| {
+        for (r, v) in res.iter_mut().zip(a) {
+            *r = silu_scalar(*v);
+        }
+        fp16::round_to_f16(res);
+        for (r, v) in res.iter_mut().zip(b) {
+            *r *= v;
+        }
+    })?;
+    Ok(vec![Tensor::from_vec(values, dims, ctx.device)?])
+}
+
+/// Runs an n-ary fp16 map (see [`fp16::map_into`]) over inputs broadcast to a common shape; returns the values in
+/// row-major order and the shape.
+fn map_f16<const N: usize>(
+    ctx: &OpCtx<'_>,
+    inputs: [&Tensor; N],
+    f: impl FnMut([&[f32]; N], &mut [f32]),
+) -> Result<(Vec<f16>, Vec<usize>)> {
+    let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.dims()).collect();
+    let dims = super::broadcast_shapes(&shapes)
+        .ok_or_else(|| ctx.err(format!("shapes {shapes:?} do not broadcast")))?;
+    let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(N);
+    for (storage, layout) in &guards {
+        let view = match &**storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F16(data)) => {
+                Strided::new(data, layout, &dims)
+            }
+            _ => None,
+        };
+        views.push(view.ok_or_else(|| ctx.err("every input must be an fp16 CPU tensor"))?);
+    }
+    let refs: [&Strided<'_>; N] = std::array::from_fn(|k| &views[k]);
+    let mut out = vec![f16::ZERO; dims.iter().product()];
+    let strides = fp16::contiguous_strides(&dims);
+    fp16::map_into(
+        &dims,
+        refs,
+        Dest {
+            data: &mut out,
+            offset: 0,
+            strides,
+        },
+        f,
+    )
+    .ok_or_else(|| ctx.err("internal: output buffer too small"))?;
+    drop(guards);
+    Ok((out, dims))
 }
 
 /// `softplus(x)`: log(1 + e^x).
@@ -173,5 +239,55 @@ fn softmax(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let axis = ctx.int_or("axis", -1)?;
     let x = ctx.tensor("x")?;
     let axis = ctx.axis(axis, x.rank())?;
+    if axis + 1 == x.rank() {
+        if let Some(mut values) = fp16::contiguous_values(&x) {
+            softmax_rows_f16(&mut values, x.dims()[axis]);
+            return Ok(vec![Tensor::from_vec(values, x.dims(), x.device())?]);
+        }
+    }
     act(ctx, |x| softmax_f32(x, axis))
+}
+
+/// [`softmax_f32`] over consecutive rows of `row_len` fp16 values, in place (each result rounded once to fp16).
+fn softmax_rows_f16(values: &mut [f16], row_len: usize) {
+    let mut row = vec![0f32; row_len];
+    for chunk in values.chunks_exact_mut(row_len.max(1)) {
+        fp16::widen(chunk, &mut row);
+        let max = fp16::max_lanes(&row);
+        let max = if max.is_finite() { max } else { 0.0 };
+        for v in row.iter_mut() {
+            // e^-inf is 0 exactly; masked positions skip the call.
+            *v = if *v == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (*v - max).exp()
+            };
+        }
+        let sum = fp16::sum_lanes(&row);
+        let sum = if sum == 0.0 { 1.0 } else { sum };
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
+        fp16::narrow(&row, chunk);
+    }
+}
+
+/// Fused attention-score softmax, `softmax(add(mul(x, scale), mask), axis=-1)` on fp16 tensors (scale and mask
+/// broadcast to x): x * scale rounded to fp16, plus mask rounded to fp16, then softmax along the last axis in f32,
+/// as the unfused ops round.
+pub fn scaled_masked_softmax(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    let x = ctx.tensor("x")?;
+    let scale = ctx.tensor("scale")?;
+    let mask = ctx.tensor("mask")?;
+    let (mut values, dims) = map_f16(ctx, [&x, &scale, &mask], |[s, k, m], res| {
+        for ((r, a), b) in res.iter_mut().zip(s).zip(k) {
+            *r = a * b;
+        }
+        fp16::round_to_f16(res);
+        for (r, v) in res.iter_mut().zip(m) {
+            *r += v;
+        }
+    })?;
+    softmax_rows_f16(&mut values, dims.last().copied().unwrap_or(1));
+    Ok(vec![Tensor::from_vec(values, dims, ctx.device)?])
 }

@@ -386,3 +386,73 @@ fn constexpr_cast(ctx: &ConstCtx<'_>) -> Result<Tensor> {
     let values: Vec<f32> = (0..src.data.len()).map(|i| src.data.get_f32(i)).collect();
     ctx.finish(values, &src.shape)
 }
+
+/// How a `constexpr_lut_to_dense` output maps onto a packed matrix ([`crate::kernels::lut_matrix::LutMatrix`]):
+/// rows are the first output dim, columns the product of the others, and every table serves whole rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LutPacking {
+    /// Index width in bits.
+    pub bits: u32,
+    /// Rows (output dim 0).
+    pub rows: usize,
+    /// Columns (product of the other output dims).
+    pub cols: usize,
+    /// Consecutive rows sharing one table.
+    pub rows_per_table: usize,
+    /// `[rows / rows_per_table, 2^bits]` table values.
+    pub tables: Vec<f32>,
+}
+
+/// The packing of a `constexpr_lut_to_dense` with this `lut`, indices of shape `indices_shape` and (iOS16/17 form)
+/// `shape` parameter, producing `out_shape`; `None` when its tables do not serve whole rows (vector palettes,
+/// tables grouped along other dims) or the declaration is inconsistent (the dense path then reports why).
+pub fn lut_packing(
+    lut: &HostArray,
+    indices_shape: &[usize],
+    shape_param: Option<&HostArray>,
+    out_shape: &[usize],
+) -> Option<LutPacking> {
+    let HostData::Float(values) = &lut.data else {
+        return None;
+    };
+    let (&rows, rest) = out_shape.split_first()?;
+    let cols: usize = rest.iter().product();
+    if rows == 0 || cols == 0 {
+        return None;
+    }
+    let (palette, groups) = match shape_param {
+        Some(shape) => {
+            let declared: Vec<usize> = (0..shape.data.len())
+                .map(|i| shape.data.get_i64(i).max(0) as usize)
+                .collect();
+            if declared != out_shape {
+                return None;
+            }
+            (values.len(), 1)
+        }
+        None => {
+            let rank = out_shape.len();
+            if indices_shape != out_shape
+                || lut.shape.len() != rank + 2
+                || lut.shape[rank + 1] != 1
+                || lut.shape[1..rank].iter().any(|&g| g != 1)
+            {
+                return None;
+            }
+            (lut.shape[rank], lut.shape[0])
+        }
+    };
+    if !palette.is_power_of_two() || !(2..=256).contains(&palette) {
+        return None;
+    }
+    if groups == 0 || rows % groups != 0 || values.len() != groups * palette {
+        return None;
+    }
+    Some(LutPacking {
+        bits: palette.trailing_zeros(),
+        rows,
+        cols,
+        rows_per_table: rows / groups,
+        tables: values.clone(),
+    })
+}

@@ -1,6 +1,8 @@
 //! Elementwise unary, binary, comparison and logical ops, plus `cast`, `identity` and `select`.
 //! Binary ops broadcast numpy-style; fp16 inputs give fp16 results rounded once per op.
 
+pub(crate) mod fp16;
+
 use candle_core::{DType, Tensor};
 use candle_coreml_format::mil::DataType;
 
@@ -78,18 +80,27 @@ fn operands(ctx: &OpCtx<'_>) -> Result<(Tensor, Tensor)> {
 /// `add(x, y)`: x + y.
 fn add(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let (x, y) = operands(ctx)?;
+    if let Some(out) = fp16::map_elementwise([&x, &y], |[a, b]| a + b) {
+        return Ok(vec![out]);
+    }
     Ok(vec![x.broadcast_add(&y)?])
 }
 
 /// `sub(x, y)`: x - y.
 fn sub(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let (x, y) = operands(ctx)?;
+    if let Some(out) = fp16::map_elementwise([&x, &y], |[a, b]| a - b) {
+        return Ok(vec![out]);
+    }
     Ok(vec![x.broadcast_sub(&y)?])
 }
 
 /// `mul(x, y)`: x * y.
 fn mul(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let (x, y) = operands(ctx)?;
+    if let Some(out) = fp16::map_elementwise([&x, &y], |[a, b]| a * b) {
+        return Ok(vec![out]);
+    }
     Ok(vec![x.broadcast_mul(&y)?])
 }
 
@@ -100,6 +111,9 @@ fn real_div(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
         let out = x
             .to_dtype(DType::F64)?
             .broadcast_div(&y.to_dtype(DType::F64)?)?;
+        return Ok(vec![out]);
+    }
+    if let Some(out) = fp16::map_elementwise([&x, &y], |[a, b]| a / b) {
         return Ok(vec![out]);
     }
     Ok(vec![x.broadcast_div(&y)?])

@@ -2,10 +2,15 @@
 //! fp16 products go through candle's fp16 GEMM, which widens to f32 and accumulates in f32; other paths compute
 //! in f32 explicitly and round the result once.
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::{broadcast_shapes, in_f32, Kernel, OpCtx};
 use crate::error::Result;
+use crate::kernels::kv_products;
+use crate::kernels::lut_matrix::LutMatrix;
+use crate::kernels::pool::parallel_chunks_mut;
 
 /// Linear-algebra kernels of this family.
 pub const KERNELS: &[(&str, Kernel)] = &[
@@ -55,6 +60,21 @@ pub fn batched_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `linear(x [.., Din], weight [Dout, Din], bias [Dout] opt)`: x @ weight^T + bias.
 fn linear(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let x = ctx.tensor("x")?;
+    if let Some((lut, shape)) = ctx.packed_weight("weight") {
+        if shape.len() == 2 && x.rank() > 0 && x.dims()[x.rank() - 1] == lut.cols() {
+            let lead = &x.dims()[..x.rank() - 1];
+            let m: usize = lead.iter().product();
+            let xt = x.reshape((m, lut.cols()))?.t()?;
+            let y = packed_product(lut, &xt)?.t()?;
+            let y = match ctx.opt_tensor("bias")? {
+                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+                None => y,
+            };
+            let mut out_shape = lead.to_vec();
+            out_shape.push(lut.rows());
+            return Ok(vec![y.reshape(out_shape)?]);
+        }
+    }
     let w = ctx.tensor("weight")?;
     if w.rank() != 2 || x.rank() == 0 || x.dims()[x.rank() - 1] != w.dims()[1] {
         return Err(ctx.err(format!(
@@ -129,6 +149,32 @@ fn matmul(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
 /// The extra parameter of [`matmul_repeated_kv`]: the `tile` reps `[1, R, 1, 1]` of the chain it replaces.
 pub const KV_REPEATS_PARAM: &str = "kv_repeats";
 
+/// Optional parameter of [`matmul_repeated_kv`]: the additive attention mask (last dim = KV positions) that the
+/// softmax between the score and the value products applies. KV positions past the last one the mask leaves
+/// open (not -inf) in any row get probability exactly 0, so both products skip them: scores there are set to 0
+/// (the mask makes them -inf) and the value sum leaves them out.
+pub const KV_COLUMN_MASK_PARAM: &str = "kv_column_mask";
+
+/// Number of leading KV positions that `mask` (any shape, last dim `s` or 1) leaves open in some row: one past
+/// the last column holding a value other than -inf.
+fn unmasked_prefix(mask: &Tensor, s: usize) -> Result<usize> {
+    let cols = mask.dims().last().copied().unwrap_or(1);
+    if cols != s || s == 0 {
+        return Ok(s);
+    }
+    let values = f32_values(mask)?;
+    let mut used = 0;
+    for row in values.chunks_exact(s) {
+        if let Some(j) = row.iter().rposition(|&v| v != f32::NEG_INFINITY) {
+            used = used.max(j + 1);
+            if used == s {
+                break;
+            }
+        }
+    }
+    Ok(used)
+}
+
 /// `matmul(x, reshape(tile(expand_dims(kv [G, S, D], 1), [1, R, 1, 1]), [1, G*R, S, D]))` without materialising
 /// the repeated `kv` (the plan builds this from such chains): query head h uses KV head h / R, so x `[1, G*R, T, K]`
 /// is viewed as `[G, R*T, K]` and multiplied by `kv` (or `kv^T` with `transpose_y`) per group. Other operand
@@ -150,8 +196,40 @@ pub fn matmul_repeated_kv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let transpose_y = ctx.bool_or("transpose_y", false)?;
     let y = if transpose_y { kv.t()? } else { kv.clone() };
     let k = y.dims()[1];
-    match x.dims() {
-        &[1, h, t, kx] if !transpose_x && h == g * rep && kx == k => {
+    match *x.dims() {
+        [1, h, t, kx] if !transpose_x && h == g * rep && kx == k && kv.dtype() == DType::F16 => {
+            let (rows, n) = (rep * t, y.dims()[2]);
+            let xs = f32_values(&x)?;
+            let kv = kv.contiguous()?;
+            let (storage, layout) = kv.storage_and_layout();
+            let (Storage::Cpu(CpuStorage::F16(data)), Some((start, end))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                return Err(ctx.err("KV heads are not in host memory"));
+            };
+            let heads = &data[start..end];
+            let used = match ctx.opt_tensor(KV_COLUMN_MASK_PARAM)? {
+                Some(mask) => unmasked_prefix(&mask, s)?,
+                None => s,
+            };
+            let mut out = vec![0f32; g * rows * n];
+            parallel_chunks_mut(&mut out, rows * n, |group, o| {
+                let xg = &xs[group * rows * k..(group + 1) * rows * k];
+                let head = &heads[group * s * d..(group + 1) * s * d];
+                if transpose_y {
+                    kv_products::scores(xg, rows, head, s, d, used, o);
+                } else {
+                    kv_products::weighted_sum(xg, rows, head, s, d, used, o);
+                }
+            });
+            Ok(vec![tensor_from_f32(
+                out,
+                &[1, h, t, n],
+                x.dtype(),
+                x.device(),
+            )?])
+        }
+        [1, h, t, kx] if !transpose_x && h == g * rep && kx == k => {
             let n = y.dims()[2];
             let out = if t == 1 {
                 // One row per head: a product per repeat keeps each one a matrix-vector product.
@@ -255,6 +333,9 @@ fn spatial_param(ctx: &OpCtx<'_>, param: &str, n: usize) -> Result<Vec<usize>> {
 /// 1-D or 2-D cross-correlation.
 fn conv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let x = ctx.tensor("x")?;
+    if let Some(out) = packed_pointwise_conv(ctx, &x)? {
+        return Ok(vec![out]);
+    }
     let w = ctx.tensor("weight")?;
     let n_spatial = x.rank().saturating_sub(2);
     if !(1..=2).contains(&n_spatial) || w.rank() != x.rank() {
@@ -324,6 +405,94 @@ fn conv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
         out = out.broadcast_add(&b.to_dtype(out.dtype())?.reshape(shape)?)?;
     }
     Ok(vec![out])
+}
+
+/// `W @ x` for a packed weight `W [N, K]` and `x [K, M]` (any float dtype, any layout), computed in f32 and
+/// returned as `[N, M]` in `x`'s dtype.
+fn packed_product(w: &LutMatrix, x: &Tensor) -> Result<Tensor> {
+    let (k, m) = x.dims2()?;
+    if k != w.cols() {
+        return Err(candle_core::Error::Msg(format!(
+            "operand has {k} rows, the packed weight {} columns",
+            w.cols()
+        ))
+        .into());
+    }
+    let xs = f32_values(x)?;
+    let mut out = vec![0f32; w.rows() * m];
+    w.matmul(&xs, m, &mut out)?;
+    tensor_from_f32(out, &[w.rows(), m], x.dtype(), x.device())
+}
+
+/// A tensor of `dtype` from f32 values (fp16 rounded in bulk).
+fn tensor_from_f32(
+    values: Vec<f32>,
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    if dtype == DType::F16 {
+        let mut halves = vec![f16::ZERO; values.len()];
+        halves.convert_from_f32_slice(&values);
+        return Ok(Tensor::from_vec(halves, shape, device)?);
+    }
+    Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
+}
+
+/// The elements of `x` in row-major order as f32 (fp16 converted in bulk).
+fn f32_values(x: &Tensor) -> Result<Vec<f32>> {
+    let x = x.contiguous()?;
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F16(data)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            let mut out = vec![0f32; end - start];
+            data[start..end].convert_to_f32_slice(&mut out);
+            return Ok(out);
+        }
+    }
+    Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// A 1×1, stride-1, unpadded, ungrouped `conv` whose weight is packed, as one packed product per batch item;
+/// `None` for any other conv (run on the dense weight).
+fn packed_pointwise_conv(ctx: &OpCtx<'_>, x: &Tensor) -> Result<Option<Tensor>> {
+    let Some((w, shape)) = ctx.packed_weight("weight") else {
+        return Ok(None);
+    };
+    let n_spatial = x.rank().saturating_sub(2);
+    if !(1..=2).contains(&n_spatial) || shape.len() != x.rank() || !x.dtype().is_float() {
+        return Ok(None);
+    }
+    let kernel = &shape[2..];
+    let strides = spatial_param(ctx, "strides", n_spatial)?;
+    let dilations = spatial_param(ctx, "dilations", n_spatial)?;
+    let pads = conv_padding(ctx, &x.dims()[2..], kernel, &strides, &dilations)?;
+    let pointwise = kernel.iter().all(|&k| k == 1)
+        && strides.iter().all(|&s| s == 1)
+        && pads.iter().all(|&p| p == (0, 0))
+        && ctx.int_or("groups", 1)? == 1
+        && x.dims()[1] == w.cols();
+    if !pointwise {
+        return Ok(None);
+    }
+    let batch = x.dims()[0];
+    let spatial = &x.dims()[2..];
+    let len: usize = spatial.iter().product();
+    let items = (0..batch)
+        .map(|b| packed_product(w, &x.get(b)?.reshape((w.cols(), len))?))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Tensor::stack(&items, 0)?;
+    let mut out_shape = vec![batch, w.rows()];
+    out_shape.extend_from_slice(spatial);
+    out = out.reshape(out_shape)?;
+    if let Some(b) = ctx.opt_tensor("bias")? {
+        let mut bshape = vec![1usize; out.rank()];
+        bshape[1] = w.rows();
+        out = out.broadcast_add(&b.to_dtype(out.dtype())?.reshape(bshape)?)?;
+    }
+    Ok(Some(out))
 }
 
 /// Keeps every `strides[i]`-th element of spatial dim i (dims 2..).

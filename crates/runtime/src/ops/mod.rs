@@ -11,6 +11,7 @@ use candle_coreml_format::mil::{DataType, NamedType, ValueType};
 
 use crate::consts::ConstValue;
 use crate::error::{Result, RuntimeError};
+use crate::kernels::lut_matrix::LutMatrix;
 use crate::state::ModelState;
 
 pub mod activation;
@@ -160,13 +161,24 @@ impl OpCtx<'_> {
                     "parameter `{param}`: value used after it was freed"
                 ))
             }),
-            Operand::Const(ConstValue::Tensor { tensor, .. }) => Ok(tensor.clone()),
-            Operand::Const(ConstValue::Str(_)) => Err(self.err(format!(
-                "parameter `{param}` is a string, expected a tensor"
-            ))),
+            Operand::Const(c) => c.to_tensor(self.device)?.ok_or_else(|| {
+                self.err(format!(
+                    "parameter `{param}` is a string, expected a tensor"
+                ))
+            }),
             Operand::State(name) => Err(self.err(format!(
                 "parameter `{param}` is the state `{name}`, only read_state/write_state take states"
             ))),
+        }
+    }
+
+    /// A constant weight kept packed (see [`ConstValue::Packed`]) with its dense shape, if `param` is one.
+    pub fn packed_weight(&self, param: &str) -> Option<(&LutMatrix, &[usize])> {
+        match self.single(param).ok().flatten().map(|a| &a.operand) {
+            Some(Operand::Const(ConstValue::Packed { matrix, shape, .. })) => {
+                Some((matrix.as_ref(), shape.as_slice()))
+            }
+            _ => None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! Normalisation ops, computed in f32 and rounded once to the input type.
 
 use candle_core::{DType, Tensor};
+use half::f16;
 
+use super::elementwise::fp16;
 use super::{in_f32, Kernel, OpCtx};
 use crate::error::Result;
 
@@ -146,4 +148,62 @@ fn l2_norm(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
         Ok(xf.broadcast_div(&norm)?)
     })?;
     Ok(vec![out])
+}
+
+/// Fused ANEMLL RMSNorm, `layer_norm(concat([x, -x], last axis), last axis, epsilon)[..., :N] * gamma` on fp16 `x
+/// [..., N]` (gamma optional, `[N]`): x / sqrt(mean(x²) + epsilon) in f32, rounded to fp16, then times gamma
+/// rounded to fp16, as the unfused ops round (the mean of `[x, -x]` is 0, its variance is mean(x²)).
+pub fn rms_norm_of_concat(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
+    let x = ctx.tensor("x")?;
+    let eps = ctx.float_or("epsilon", 1e-5)? as f32;
+    let dims = x.dims().to_vec();
+    let n = *dims
+        .last()
+        .ok_or_else(|| ctx.err("x must have rank >= 1"))?;
+    let xs = fp16::contiguous_values(&x)
+        .ok_or_else(|| ctx.err(format!("x must be an fp16 CPU tensor, got {:?}", x.dtype())))?;
+    let gamma = match ctx.opt_tensor("gamma")? {
+        Some(g) => {
+            let values = fp16::contiguous_values(&g)
+                .filter(|v| v.len() == n)
+                .ok_or_else(|| {
+                    ctx.err(format!(
+                        "gamma must be {n} fp16 values, got {:?} {:?}",
+                        g.dtype(),
+                        g.dims()
+                    ))
+                })?;
+            let mut wide = vec![0f32; n];
+            fp16::widen(&values, &mut wide);
+            Some(wide)
+        }
+        None => None,
+    };
+    // 1 / (2N) as the unfused layer_norm applies it (candle divides by a scalar as a product with its inverse).
+    let inv_count = (1.0 / (2 * n).max(1) as f64) as f32;
+    let mut out = vec![f16::ZERO; xs.len()];
+    let mut row = vec![0f32; n];
+    let mut squares = vec![0f32; n];
+    for (src, dst) in xs
+        .chunks_exact(n.max(1))
+        .zip(out.chunks_exact_mut(n.max(1)))
+    {
+        fp16::widen(src, &mut row);
+        for (q, v) in squares.iter_mut().zip(&row) {
+            *q = v * v;
+        }
+        let sum_sq = fp16::sum_lanes(&squares);
+        let denom = ((2.0 * sum_sq) * inv_count + eps).sqrt();
+        for v in row.iter_mut() {
+            *v /= denom;
+        }
+        if let Some(g) = &gamma {
+            fp16::round_to_f16(&mut row);
+            for (v, gv) in row.iter_mut().zip(g) {
+                *v *= gv;
+            }
+        }
+        fp16::narrow(&row, dst);
+    }
+    Ok(vec![Tensor::from_vec(out, dims, x.device())?])
 }

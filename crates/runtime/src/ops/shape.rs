@@ -103,18 +103,20 @@ fn transpose(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
 fn squeeze(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let x = ctx.tensor("x")?;
     let rank = x.rank();
-    let axes = match ctx.opt_ints("axes")? {
+    let mut axes = match ctx.opt_ints("axes")? {
         Some(a) => ctx.axes(&a, rank)?,
         None => (0..rank).collect(),
     };
-    let dims: Vec<usize> = x
-        .dims()
-        .iter()
-        .enumerate()
-        .filter(|&(i, &d)| !(d == 1 && axes.contains(&i)))
-        .map(|(_, &d)| d)
-        .collect();
-    Ok(vec![x.reshape(dims)?])
+    axes.sort_unstable();
+    axes.dedup();
+    // Size-1 dims are dropped from the layout (a view, whatever x's strides), last first.
+    let mut t = x.clone();
+    for &a in axes.iter().rev() {
+        if x.dims()[a] == 1 {
+            t = t.squeeze(a)?;
+        }
+    }
+    Ok(vec![t])
 }
 
 /// `expand_dims(x, axes)`: inserts size-1 dims at `axes` (counted in the output rank).
@@ -124,11 +126,12 @@ fn expand_dims(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let out_rank = x.rank() + axes.len();
     let mut axes = ctx.axes(&axes, out_rank)?;
     axes.sort_unstable();
-    let mut dims = x.dims().to_vec();
+    // Inserted into the layout in ascending order (a view, whatever x's strides).
+    let mut t = x;
     for a in axes {
-        dims.insert(a.min(dims.len()), 1);
+        t = t.unsqueeze(a.min(t.rank()))?;
     }
-    Ok(vec![x.reshape(dims)?])
+    Ok(vec![t])
 }
 
 /// `flatten2d(x, axis=1)`: reshapes to [prod(dims[:axis]), prod(dims[axis:])].
@@ -436,13 +439,22 @@ pub fn slice_update_indices(
         strides[i] = strides[i + 1] * x_dims[i + 1] as i64;
     }
     let mut idx = Vec::with_capacity(n);
-    let mut counter = vec![0usize; rank];
-    for _ in 0..n {
-        let flat: i64 = (0..rank)
-            .map(|i| (slices[i].start + counter[i] as i64 * slices[i].step) * strides[i])
+    // Runs along the last dim, one per combination of the outer dims' counters.
+    let (inner, inner_step) = match (full.last(), slices.last(), strides.last()) {
+        (Some(&count), Some(s), Some(&stride)) => (count, s.step * stride),
+        _ => (1, 0),
+    };
+    let outer = rank.saturating_sub(1);
+    let mut counter = vec![0usize; outer];
+    for _ in 0..n / inner {
+        let base: i64 = (0..rank)
+            .map(|i| {
+                let k = counter.get(i).copied().unwrap_or(0) as i64;
+                (slices[i].start + k * slices[i].step) * strides[i]
+            })
             .sum();
-        idx.push(flat as u32);
-        for i in (0..rank).rev() {
+        idx.extend((0..inner as i64).map(|k| (base + k * inner_step) as u32));
+        for i in (0..outer).rev() {
             counter[i] += 1;
             if counter[i] < full[i] {
                 break;

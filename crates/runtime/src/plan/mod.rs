@@ -5,7 +5,7 @@
 //! up in the op table, and the step after which each slot is last used is recorded so that intermediates are freed
 //! early. Running a plan is then a loop over steps with no name lookups.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{Device, Tensor};
 use candle_coreml_format::blob::WeightStore;
@@ -14,14 +14,16 @@ use candle_coreml_format::mil::{
 };
 
 use crate::consts::{
-    host_from_tensor, host_from_value, materialise, ConstCache, ConstValue, HostArray,
+    host_from_tensor, host_from_value, materialise, ConstCache, ConstValue, HostArray, HostData,
 };
 use crate::dtype::{storage_dtype, to_interface, to_storage};
 use crate::error::{program_error, Result, RuntimeError};
-use crate::ops::constexpr::{const_kernels, ConstCtx};
+use crate::kernels::lut_matrix::{IndexSource, LutMatrix};
+use crate::ops::constexpr::{const_kernels, lut_packing, ConstCtx};
 use crate::ops::{kernels, Arg, OpCtx, Operand, Step};
 use crate::state::{ModelState, StateDecl};
 
+mod attention;
 mod fusion;
 
 /// A tensor input of a planned function.
@@ -50,6 +52,8 @@ pub struct FunctionPlan {
     fused_state_updates: usize,
     /// Number of matmuls that read repeated KV heads without materialising them.
     fused_repeated_kv: usize,
+    /// Number of those matmuls that skip the KV positions their softmax's mask closes.
+    masked_kv_products: usize,
 }
 
 /// Where a constexpr parameter's value comes from at load.
@@ -67,7 +71,30 @@ struct Lowering<'f> {
     env: HashMap<String, Arg>,
     /// `const` op outputs, materialised only where a run-time op uses them (constexpr ops read them directly).
     const_values: HashMap<String, (&'f Value, ValueType)>,
+    /// Values used only as `conv`/`linear` weights: palettised ones are kept packed.
+    weight_only: HashSet<String>,
     slot_count: usize,
+}
+
+/// Names of the values `function` uses only as the `weight` of `conv` or `linear` ops.
+fn weight_only_values(function: &Function) -> HashSet<String> {
+    let mut weights = HashSet::new();
+    let mut others: HashSet<&str> = function.block.outputs.iter().map(String::as_str).collect();
+    for op in &function.block.operations {
+        for (param, bindings) in &op.inputs {
+            for binding in bindings {
+                if let Binding::Name(n) = binding {
+                    if param == "weight" && matches!(op.op_type.as_str(), "conv" | "linear") {
+                        weights.insert(n.clone());
+                    } else {
+                        others.insert(n);
+                    }
+                }
+            }
+        }
+    }
+    weights.retain(|n| !others.contains(n.as_str()));
+    weights
 }
 
 fn op_display_name(op: &Operation) -> String {
@@ -128,6 +155,13 @@ impl<'f> Lowering<'f> {
                         Some(Operand::Const(ConstValue::Tensor { tensor, dtype })) => {
                             Ok(Some(ConstSource::Tensor(tensor.clone(), *dtype)))
                         }
+                        Some(Operand::Const(c @ ConstValue::Packed { dtype, .. })) => {
+                            let dtype = *dtype;
+                            match c.to_tensor(&self.device)? {
+                                Some(t) => Ok(Some(ConstSource::Tensor(t, dtype))),
+                                None => Ok(None),
+                            }
+                        }
                         Some(Operand::Const(ConstValue::Str(s))) => {
                             Ok(Some(ConstSource::Str(s.clone())))
                         }
@@ -145,9 +179,127 @@ impl<'f> Lowering<'f> {
         Ok(Some(ConstSource::Value(value)))
     }
 
+    /// A `constexpr_lut_to_dense` whose output is only a `conv`/`linear` weight, as a packed matrix; `None` when
+    /// its parameters are not plain constants or its tables do not serve whole rows.
+    fn pack_lut(&self, op: &'f Operation, op_name: &str) -> Result<Option<ConstValue>> {
+        let Some(out) = op.outputs.first() else {
+            return Ok(None);
+        };
+        let (Some(dtype), Some(out_shape)) = (out.ty.dtype(), out.ty.fixed_shape()) else {
+            return Ok(None);
+        };
+        let out_shape: Vec<usize> = out_shape.into_iter().map(|d| d as usize).collect();
+        let source = |p: &str| -> Result<Option<&'f Value>> {
+            let binding = match op.inputs.get(p).map(Vec::as_slice) {
+                Some([b]) => Some(b),
+                Some(_) => return Ok(None),
+                None => None,
+            };
+            Ok(
+                match self.const_source(binding, op.attributes.get(p), &format!("{op_name}.{p}"))? {
+                    Some(ConstSource::Value(v)) => Some(v),
+                    _ => None,
+                },
+            )
+        };
+        let (Some(lut_value), Some(index_value)) = (source("lut")?, source("indices")?) else {
+            return Ok(None);
+        };
+        let shape_value = source("shape")?;
+        let has_shape = op.inputs.contains_key("shape") || op.attributes.contains_key("shape");
+        if has_shape && shape_value.is_none() {
+            return Ok(None);
+        }
+        let lut = host_from_value(lut_value, self.weights, &format!("{op_name}.lut"))?;
+        let shape = shape_value
+            .map(|v| host_from_value(v, self.weights, &format!("{op_name}.shape")))
+            .transpose()?;
+        let index_shape = value_shape_of(index_value);
+        let Some(packing) = lut_packing(&lut, &index_shape, shape.as_ref(), &out_shape) else {
+            return Ok(None);
+        };
+        let key = format!(
+            "packed|{}|{}|{}",
+            value_key(lut_value),
+            value_key(index_value),
+            shape_value.map(value_key).unwrap_or_default()
+        );
+        let op_error = |e: RuntimeError| RuntimeError::Op {
+            op_type: op.op_type.clone(),
+            op_name: op_name.to_string(),
+            message: e.to_string(),
+        };
+        let matrix = self.cache.packed_or_insert(&key, |arena| {
+            let pack = |source: IndexSource<'_>| {
+                LutMatrix::new(
+                    packing.rows,
+                    packing.cols,
+                    packing.bits,
+                    source,
+                    &packing.tables,
+                    packing.rows_per_table,
+                    arena,
+                )
+            };
+            let blob = match (&index_value.data, self.weights) {
+                (ValueData::Blob(b), Some(w)) => Some(w.resolve(b)?),
+                _ => None,
+            };
+            // Blobs of the palette's width (or iOS16 byte-packed indices) are copied as they are.
+            if let Some(blob) = blob.filter(|b| has_shape || b.dtype.bit_width() == packing.bits) {
+                return pack(IndexSource::Packed {
+                    bytes: blob.bytes(),
+                    bits: packing.bits,
+                })
+                .map(Some);
+            }
+            let host = host_from_value(index_value, self.weights, &format!("{op_name}.indices"))?;
+            let values: Vec<i16> = match &host.data {
+                HostData::Small(v) => v.clone(),
+                HostData::Int(v) => v.iter().map(|&i| i.clamp(-1, 256) as i16).collect(),
+                HostData::Float(_) => return Ok(None),
+            };
+            if has_shape {
+                let bytes: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+                return pack(IndexSource::Packed {
+                    bytes: &bytes,
+                    bits: packing.bits,
+                })
+                .map(Some);
+            }
+            pack(IndexSource::Values(&values)).map(Some)
+        });
+        let Some(matrix) = matrix.map_err(op_error)? else {
+            return Ok(None);
+        };
+        Ok(Some(ConstValue::Packed {
+            matrix,
+            shape: out_shape,
+            dtype,
+        }))
+    }
+
     /// Evaluates a `constexpr_*` op at load; its output becomes a constant.
     fn eval_constexpr(&mut self, op: &'f Operation) -> Result<()> {
         let op_name = op_display_name(op);
+        if op.op_type == "constexpr_lut_to_dense" {
+            if let Some(out) = op
+                .outputs
+                .first()
+                .filter(|o| self.weight_only.contains(&o.name))
+            {
+                if let Some(packed) = self.pack_lut(op, &op_name)? {
+                    self.env.insert(
+                        out.name.clone(),
+                        Arg {
+                            operand: Operand::Const(packed),
+                            ty: out.ty.clone(),
+                        },
+                    );
+                    return Ok(());
+                }
+            }
+        }
         let kernel = const_kernels()
             .get(op.op_type.as_str())
             .copied()
@@ -185,12 +337,7 @@ impl<'f> Lowering<'f> {
                 }
                 Some(ConstSource::Value(v)) => {
                     if let Some(k) = key.as_mut() {
-                        match &v.data {
-                            ValueData::Blob(b) => {
-                                k.push_str(&format!("{p}=@{}:{};", b.path, b.offset))
-                            }
-                            other => k.push_str(&format!("{p}={:?}:{other:?};", v.ty)),
-                        }
+                        k.push_str(&format!("{p}={};", value_key(v)));
                     }
                     let host = host_from_value(v, self.weights, &what)?;
                     params.insert(p.clone(), host);
@@ -231,6 +378,23 @@ impl<'f> Lowering<'f> {
             },
         );
         Ok(())
+    }
+}
+
+/// The fixed shape of a constant's type (empty when not fixed).
+fn value_shape_of(value: &Value) -> Vec<usize> {
+    value
+        .ty
+        .fixed_shape()
+        .map(|s| s.into_iter().map(|d| d as usize).collect())
+        .unwrap_or_default()
+}
+
+/// A cache key naming a constant: its blob reference, or its type and immediate data.
+fn value_key(value: &Value) -> String {
+    match &value.data {
+        ValueData::Blob(b) => format!("@{}:{}", b.path, b.offset),
+        other => format!("{:?}:{other:?}", value.ty),
     }
 }
 
@@ -305,6 +469,7 @@ impl FunctionPlan {
             device: device.clone(),
             env: HashMap::new(),
             const_values: HashMap::new(),
+            weight_only: weight_only_values(function),
             slot_count: 0,
         };
         let mut inputs = Vec::new();
@@ -431,9 +596,12 @@ impl FunctionPlan {
             states_seen_by_outputs: Vec::new(),
             fused_state_updates: 0,
             fused_repeated_kv: 0,
+            masked_kv_products: 0,
         };
         plan.fuse_state_updates();
         plan.fuse_repeated_kv_matmuls();
+        plan.fuse_elementwise_chains();
+        plan.masked_kv_products = plan.skip_masked_kv_positions();
         plan.compute_frees();
         Ok(plan)
     }
@@ -442,6 +610,21 @@ impl FunctionPlan {
     /// `fuse_repeated_kv_matmuls`).
     pub fn fused_repeated_kv(&self) -> usize {
         self.fused_repeated_kv
+    }
+
+    /// Number of grouped-query attention products that skip the KV positions closed by their softmax's mask
+    /// (see `skip_masked_kv_positions`).
+    pub fn masked_kv_products(&self) -> usize {
+        self.masked_kv_products
+    }
+
+    /// Number of op parameters bound to palettised weights kept packed (see [`ConstValue::Packed`]).
+    pub fn packed_weights(&self) -> usize {
+        self.steps
+            .iter()
+            .flat_map(|s| s.params.iter().flat_map(|(_, args)| args))
+            .filter(|a| matches!(a.operand, Operand::Const(ConstValue::Packed { .. })))
+            .count()
     }
 
     /// Number of state updates done in place (see `fuse_state_updates`).
@@ -526,7 +709,9 @@ impl FunctionPlan {
         for (input, t) in self.inputs.iter().zip(inputs) {
             values[input.slot] = Some(t);
         }
+        let timed = crate::profile::is_enabled();
         for step in &self.steps {
+            let started = timed.then(std::time::Instant::now);
             let outs = {
                 let mut ctx = OpCtx {
                     step,
@@ -577,6 +762,9 @@ impl FunctionPlan {
             for &s in &step.free_after {
                 values[s] = None;
             }
+            if let Some(started) = started {
+                crate::profile::record(&step.op_type, started.elapsed());
+            }
         }
         for name in &self.states_seen_by_outputs {
             states.mark_shared(name);
@@ -588,10 +776,9 @@ impl FunctionPlan {
                     .get(*s)
                     .and_then(|v| v.clone())
                     .ok_or_else(|| program_error(format!("output `{name}` was not computed"))),
-                Operand::Const(ConstValue::Tensor { tensor, .. }) => Ok(tensor.clone()),
-                Operand::Const(ConstValue::Str(_)) => {
-                    Err(program_error(format!("output `{name}` is a string")))
-                }
+                Operand::Const(c) => c
+                    .to_tensor(&self.device)?
+                    .ok_or_else(|| program_error(format!("output `{name}` is a string"))),
                 Operand::State(s) => states.read(s),
             })
             .collect()

@@ -1,0 +1,135 @@
+//! `cargo bench -p candle-coreml-runtime --bench lut_kernels`: the packed LUT matrix kernels on Qwen3-0.6B-sized
+//! projections (matrix-vector for decode, matrix-matrix for a 64-token prefill), in GB/s of packed weights read
+//! and GFLOP/s. Set RAYON_NUM_THREADS to pick the thread count.
+
+use std::time::{Duration, Instant};
+
+use candle_coreml_runtime::kernels::arena::WeightArena;
+use candle_coreml_runtime::kernels::lut_matrix::{IndexSource, LutMatrix};
+
+/// Median seconds per call of `f`, over repeats filling about `budget`.
+fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget || samples.len() < 5 {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Every projection of a Qwen3-0.6B decode step (28 layers and a 16-way split LM head) as `bits`-bit LUT
+/// matrices, one matrix-vector product each: the weight-streaming floor of one token (weights far exceed the
+/// caches, as in a real decode step).
+fn decode_step(bits: u32, next: &mut impl FnMut() -> u64) {
+    let arena = WeightArena::new();
+    let layer = [
+        (2048usize, 1024usize),
+        (1024, 1024),
+        (1024, 1024),
+        (1024, 2048),
+        (3072, 1024),
+        (3072, 1024),
+        (1024, 3072),
+    ];
+    let mut shapes: Vec<(usize, usize)> = (0..28).flat_map(|_| layer).collect();
+    shapes.extend(std::iter::repeat_n((9496, 1024), 16));
+    let mut bytes_read = 0usize;
+    let matrices: Vec<LutMatrix> = shapes
+        .iter()
+        .map(|&(rows, cols)| {
+            let bytes: Vec<u8> = (0..rows * cols * bits as usize / 8)
+                .map(|_| next() as u8)
+                .collect();
+            bytes_read += bytes.len();
+            let tables: Vec<f32> = (0..rows / 8 * (1 << bits))
+                .map(|_| half::f16::from_f32((next() % 1000) as f32 / 1e4 - 0.05).to_f32())
+                .collect();
+            let source = IndexSource::Packed {
+                bytes: &bytes,
+                bits,
+            };
+            LutMatrix::new(rows, cols, bits, source, &tables, 8, &arena).expect("valid matrix")
+        })
+        .collect();
+    let xs: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(_, cols)| (0..cols).map(|i| (i % 13) as f32 * 0.01).collect())
+        .collect();
+    let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(rows, _)| vec![0f32; rows]).collect();
+    let secs = time(Duration::from_secs(3), || {
+        for ((w, x), out) in matrices.iter().zip(&xs).zip(outs.iter_mut()) {
+            w.matmul(x, 1, out).expect("shapes fit");
+        }
+    });
+    println!(
+        "lut{bits} decode step ({} matrices, {:.0} MB): {:.2} ms, {:.1} GB/s, {:.1} steps/s",
+        matrices.len(),
+        bytes_read as f64 / 1e6,
+        secs * 1e3,
+        bytes_read as f64 / secs / 1e9,
+        1.0 / secs
+    );
+}
+
+fn main() {
+    let arena = WeightArena::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    println!(
+        "threads: {}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+    );
+    decode_step(8, &mut next);
+    decode_step(4, &mut next);
+    println!(
+        "{:<28} {:>4} {:>10} {:>10} {:>10}",
+        "matrix", "m", "us/call", "GB/s", "GFLOP/s"
+    );
+    for bits in [8u32, 4] {
+        for (rows, cols) in [
+            (2048usize, 1024usize),
+            (3072, 1024),
+            (1024, 3072),
+            (9496, 1024),
+        ] {
+            let count = rows * cols;
+            let bytes: Vec<u8> = (0..count * bits as usize / 8)
+                .map(|_| next() as u8)
+                .collect();
+            let tables: Vec<f32> = (0..rows / 8 * (1 << bits))
+                .map(|_| half::f16::from_f32((next() % 1000) as f32 / 1e4 - 0.05).to_f32())
+                .collect();
+            let source = IndexSource::Packed {
+                bytes: &bytes,
+                bits,
+            };
+            let w =
+                LutMatrix::new(rows, cols, bits, source, &tables, 8, &arena).expect("valid matrix");
+            for m in [1usize, 64] {
+                let x: Vec<f32> = (0..cols * m).map(|i| (i % 17) as f32 * 0.01).collect();
+                let mut out = vec![0f32; rows * m];
+                let secs = time(Duration::from_millis(400), || {
+                    w.matmul(&x, m, &mut out).expect("shapes fit");
+                });
+                let read = (count * bits as usize / 8) as f64;
+                println!(
+                    "{:<28} {:>4} {:>10.1} {:>10.1} {:>10.1}",
+                    format!("lut{bits} {rows}x{cols}"),
+                    m,
+                    secs * 1e6,
+                    read / secs / 1e9,
+                    2.0 * (count * m) as f64 / secs / 1e9
+                );
+            }
+        }
+    }
+}
