@@ -7,57 +7,15 @@ mod common;
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use candle_coreml_format::mil::{
-    Binding, Block, DataType, Function, NamedType, Operation, TensorData, Value, ValueData,
-    ValueType,
-};
+use candle_coreml_format::mil::{Block, DataType, Function, NamedType, ValueType};
 use candle_coreml_runtime::consts::ConstCache;
 use candle_coreml_runtime::FunctionPlan;
-use common::values;
+use common::{boolean, ints, name, op, values};
 
 const G: usize = 2;
 const R: usize = 2;
 const S: usize = 3;
 const D: usize = 2;
-
-fn ints(v: &[i64]) -> Binding {
-    Binding::Value(Value {
-        ty: ValueType::tensor(DataType::Int32, &[v.len() as u64]),
-        data: ValueData::Tensor(TensorData::Int(v.to_vec())),
-    })
-}
-
-fn boolean(b: bool) -> Binding {
-    Binding::Value(Value {
-        ty: ValueType::scalar(DataType::Bool),
-        data: ValueData::Tensor(TensorData::Bool(vec![b])),
-    })
-}
-
-fn name(n: &str) -> Binding {
-    Binding::Name(n.to_string())
-}
-
-fn op(
-    op_type: &str,
-    inputs: &[(&str, Binding)],
-    output: (&str, &[u64]),
-    dtype: DataType,
-) -> Operation {
-    Operation {
-        op_type: op_type.to_string(),
-        inputs: inputs
-            .iter()
-            .map(|(k, b)| (k.to_string(), vec![b.clone()]))
-            .collect(),
-        outputs: vec![NamedType {
-            name: output.0.to_string(),
-            ty: ValueType::tensor(dtype, output.1),
-        }],
-        attributes: BTreeMap::new(),
-        blocks: Vec::new(),
-    }
-}
 
 fn dims(v: &[usize]) -> Vec<u64> {
     v.iter().map(|&d| d as u64).collect()
@@ -66,6 +24,12 @@ fn dims(v: &[usize]) -> Vec<u64> {
 /// x: input of shape `x_shape`; kv: input [G, S, D]; out = matmul(x, repeated kv, transpose_y); all of `dtype`.
 fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize], dtype: DataType) -> Function {
     let (g, r, s, d) = (G as u64, R as u64, S as u64, D as u64);
+    // A rank-3 x multiplies the repeated KV reshaped to rank 3.
+    let (reshape_to, repeated): (Vec<i64>, Vec<u64>) = if x_shape.len() == 3 {
+        (vec![-1, S as i64, D as i64], vec![g * r, s, d])
+    } else {
+        (vec![1, -1, S as i64, D as i64], vec![1, g * r, s, d])
+    };
     let ops = vec![
         op(
             "expand_dims",
@@ -81,11 +45,8 @@ fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize], dtype: Dat
         ),
         op(
             "reshape",
-            &[
-                ("x", name("t")),
-                ("shape", ints(&[1, -1, S as i64, D as i64])),
-            ],
-            ("y", &[1, g * r, s, d]),
+            &[("x", name("t")), ("shape", ints(&reshape_to[..]))],
+            ("y", &repeated[..]),
             dtype,
         ),
         op(
@@ -128,15 +89,17 @@ fn ramp(shape: &[usize], scale: f32) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-/// Runs the program for `x` of shape [B, G*R, T, K] and checks it against the definition (exactly in f32; in
-/// fp16, within the rounding of the fp16 result).
+/// Runs the program for `x` of shape [B, G*R, T, K] (B = 0: rank-3 `x [G*R, T, K]`) and checks it against the
+/// definition (exactly in f32; in fp16, within the rounding of the fp16 result).
 fn check(batch: usize, t: usize, transpose_y: bool, dtype: DataType) {
     let (k, n) = if transpose_y { (D, S) } else { (S, D) };
-    let x_shape = [batch, G * R, t, k];
-    let out_shape = [batch, G * R, t, n];
+    let lead = usize::from(batch == 0);
+    let x_shape = &[batch, G * R, t, k][lead..];
+    let out_shape = &[batch, G * R, t, n][lead..];
+    let batch = batch.max(1);
     let plan = FunctionPlan::build(
         "f",
-        &program(&x_shape, transpose_y, &out_shape, dtype),
+        &program(x_shape, transpose_y, out_shape, dtype),
         None,
         &ConstCache::default(),
         &Device::Cpu,
@@ -148,7 +111,7 @@ fn check(batch: usize, t: usize, transpose_y: bool, dtype: DataType) {
         1,
         "expand_dims, tile and reshape are gone"
     );
-    let x = ramp(&x_shape, 1.0);
+    let x = ramp(x_shape, 1.0);
     let kv = ramp(&[G, S, D], 0.5);
     let mut state = plan.make_state().unwrap();
     let out = plan
@@ -219,4 +182,12 @@ fn a_query_batch_of_two_falls_back_to_repeating() {
 fn many_query_rows_in_fp16_use_the_widened_head() {
     check(1, 5, true, DataType::Float16);
     check(1, 5, false, DataType::Float16);
+}
+
+#[test]
+fn rank_three_queries_use_the_rank_three_repeat() {
+    for dtype in [DataType::Float32, DataType::Float16] {
+        check(0, 3, false, dtype);
+        check(0, 5, true, dtype);
+    }
 }

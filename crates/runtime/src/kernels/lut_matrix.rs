@@ -566,7 +566,25 @@ mod tests {
                     );
                 }
             }
+            // The portable row kernels, which `matmul` bypasses on CPUs with the SIMD ones.
             let dense = w.to_dense();
+            for r in 0..rows {
+                let row = &dense[r * cols..(r + 1) * cols];
+                for (c, &v) in row.iter().enumerate() {
+                    assert_eq!(v, tables[r / rpt * palette + idx[r * cols + c] as usize]);
+                }
+                let xs: Vec<f32> = (0..cols).map(|c| x[c * m]).collect();
+                let want: f64 = row
+                    .iter()
+                    .zip(&xs)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
+                let got = f64::from(w.dot_row(r, &xs));
+                assert!(
+                    (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "portable row {r}"
+                );
+            }
             assert_eq!(
                 dense[cols + 1],
                 tables[1 / rpt * palette + idx[cols + 1] as usize]

@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 use half::f16;
 
-use super::elementwise::fp16::{self, Dest, Strided};
+use super::elementwise::fp16;
 use super::{in_f32, Kernel, OpCtx};
 use crate::error::Result;
 
@@ -122,43 +122,18 @@ pub fn silu_mul(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     Ok(vec![Tensor::from_vec(values, dims, ctx.device)?])
 }
 
-/// Runs an n-ary fp16 map (see [`fp16::map_into`]) over inputs broadcast to a common shape; returns the values in
-/// row-major order and the shape.
+/// [`fp16::map_values`] with an error naming the op when an input is not a CPU fp16 tensor.
 fn map_f16<const N: usize>(
     ctx: &OpCtx<'_>,
     inputs: [&Tensor; N],
     f: impl FnMut([&[f32]; N], &mut [f32]),
 ) -> Result<(Vec<f16>, Vec<usize>)> {
-    let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.dims()).collect();
-    let dims = super::broadcast_shapes(&shapes)
-        .ok_or_else(|| ctx.err(format!("shapes {shapes:?} do not broadcast")))?;
-    let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
-    let mut views = Vec::with_capacity(N);
-    for (storage, layout) in &guards {
-        let view = match &**storage {
-            candle_core::Storage::Cpu(candle_core::CpuStorage::F16(data)) => {
-                Strided::new(data, layout, &dims)
-            }
-            _ => None,
-        };
-        views.push(view.ok_or_else(|| ctx.err("every input must be an fp16 CPU tensor"))?);
-    }
-    let refs: [&Strided<'_>; N] = std::array::from_fn(|k| &views[k]);
-    let mut out = vec![f16::ZERO; dims.iter().product()];
-    let strides = fp16::contiguous_strides(&dims);
-    fp16::map_into(
-        &dims,
-        refs,
-        Dest {
-            data: &mut out,
-            offset: 0,
-            strides,
-        },
-        f,
-    )
-    .ok_or_else(|| ctx.err("internal: output buffer too small"))?;
-    drop(guards);
-    Ok((out, dims))
+    fp16::map_values(inputs, f).ok_or_else(|| {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.dims()).collect();
+        ctx.err(format!(
+            "expects fp16 CPU tensors of shapes that broadcast, got {shapes:?}"
+        ))
+    })
 }
 
 /// `softplus(x)`: log(1 + e^x).
@@ -240,20 +215,20 @@ fn softmax(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let x = ctx.tensor("x")?;
     let axis = ctx.axis(axis, x.rank())?;
     if axis + 1 == x.rank() {
-        if let Some(mut values) = fp16::contiguous_values(&x) {
-            softmax_rows_f16(&mut values, x.dims()[axis]);
-            return Ok(vec![Tensor::from_vec(values, x.dims(), x.device())?]);
+        if let Some(mut values) = fp16::widened_values(&x) {
+            softmax_rows(&mut values, x.dims()[axis]);
+            let mut out = vec![f16::ZERO; values.len()];
+            fp16::narrow(&values, &mut out);
+            return Ok(vec![Tensor::from_vec(out, x.dims(), x.device())?]);
         }
     }
     act(ctx, |x| softmax_f32(x, axis))
 }
 
-/// [`softmax_f32`] over consecutive rows of `row_len` fp16 values, in place (each result rounded once to fp16).
-fn softmax_rows_f16(values: &mut [f16], row_len: usize) {
-    let mut row = vec![0f32; row_len];
-    for chunk in values.chunks_exact_mut(row_len.max(1)) {
-        fp16::widen(chunk, &mut row);
-        let max = fp16::max_lanes(&row);
+/// [`softmax_f32`] over consecutive rows of `row_len` values, in place.
+fn softmax_rows(values: &mut [f32], row_len: usize) {
+    for row in values.chunks_exact_mut(row_len.max(1)) {
+        let max = fp16::max_lanes(row);
         let max = if max.is_finite() { max } else { 0.0 };
         for v in row.iter_mut() {
             // e^-inf is 0 exactly; masked positions skip the call.
@@ -263,12 +238,11 @@ fn softmax_rows_f16(values: &mut [f16], row_len: usize) {
                 (*v - max).exp()
             };
         }
-        let sum = fp16::sum_lanes(&row);
+        let sum = fp16::sum_lanes(row);
         let sum = if sum == 0.0 { 1.0 } else { sum };
         for v in row.iter_mut() {
             *v /= sum;
         }
-        fp16::narrow(&row, chunk);
     }
 }
 
@@ -288,6 +262,9 @@ pub fn scaled_masked_softmax(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
             *r += v;
         }
     })?;
-    softmax_rows_f16(&mut values, dims.last().copied().unwrap_or(1));
+    let mut wide = vec![0f32; values.len()];
+    fp16::widen(&values, &mut wide);
+    softmax_rows(&mut wide, dims.last().copied().unwrap_or(1));
+    fp16::narrow(&wide, &mut values);
     Ok(vec![Tensor::from_vec(values, dims, ctx.device)?])
 }

@@ -186,12 +186,25 @@ pub fn matmul_repeated_kv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
         [1, r, 1, 1] if *r >= 1 => *r as usize,
         other => return Err(ctx.err(format!("KV repeats {other:?} are not [1, R, 1, 1]"))),
     };
-    let &[g, s, d] = kv.dims() else {
+    if kv.rank() != 3 {
         return Err(ctx.err(format!("KV {:?} is not [G, S, D]", kv.dims())));
-    };
+    }
     if x.dtype() != kv.dtype() {
         return Err(ctx.err(format!("x is {:?} but y is {:?}", x.dtype(), kv.dtype())));
     }
+    // A rank-3 `x [G*R, T, K]` (with a rank-3 repeated KV) is the rank-4 case without its leading 1.
+    if x.rank() == 3 {
+        let out = repeated_kv_product(ctx, &x.unsqueeze(0)?, &kv, rep)?;
+        return Ok(vec![out.squeeze(0)?]);
+    }
+    Ok(vec![repeated_kv_product(ctx, &x, &kv, rep)?])
+}
+
+/// [`matmul_repeated_kv`] with `x` of rank 4 on the fast paths.
+fn repeated_kv_product(ctx: &OpCtx<'_>, x: &Tensor, kv: &Tensor, rep: usize) -> Result<Tensor> {
+    let &[g, s, d] = kv.dims() else {
+        return Err(ctx.err(format!("KV {:?} is not [G, S, D]", kv.dims())));
+    };
     let transpose_x = ctx.bool_or("transpose_x", false)?;
     let transpose_y = ctx.bool_or("transpose_y", false)?;
     let y = if transpose_y { kv.t()? } else { kv.clone() };
@@ -199,7 +212,7 @@ pub fn matmul_repeated_kv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     match *x.dims() {
         [1, h, t, kx] if !transpose_x && h == g * rep && kx == k && kv.dtype() == DType::F16 => {
             let (rows, n) = (rep * t, y.dims()[2]);
-            let xs = f32_values(&x)?;
+            let xs = f32_values(x)?;
             let kv = kv.contiguous()?;
             let (storage, layout) = kv.storage_and_layout();
             let (Storage::Cpu(CpuStorage::F16(data)), Some((start, end))) =
@@ -222,12 +235,7 @@ pub fn matmul_repeated_kv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
                     kv_products::weighted_sum(xg, rows, head, s, d, used, o);
                 }
             });
-            Ok(vec![tensor_from_f32(
-                out,
-                &[1, h, t, n],
-                x.dtype(),
-                x.device(),
-            )?])
+            tensor_from_f32(out, &[1, h, t, n], x.dtype(), x.device())
         }
         [1, h, t, kx] if !transpose_x && h == g * rep && kx == k => {
             let n = y.dims()[2];
@@ -243,7 +251,7 @@ pub fn matmul_repeated_kv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
                 batched_matmul(&x.reshape((g, rep * t, k))?, &y)
                     .map_err(|e| ctx.err(e.to_string()))?
             };
-            Ok(vec![out.reshape((1, h, t, n))?])
+            Ok(out.reshape((1, h, t, n))?)
         }
         _ => {
             let repeated = kv
@@ -251,7 +259,7 @@ pub fn matmul_repeated_kv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
                 .broadcast_as((g, rep, s, d))?
                 .contiguous()?
                 .reshape((1, g * rep, s, d))?;
-            let mut x = x;
+            let mut x = x.clone();
             let mut y = repeated;
             if x.rank() < 2 {
                 return Err(ctx.err("matmul operands must have rank >= 2 here"));
@@ -269,9 +277,7 @@ pub fn matmul_repeated_kv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
                     y.dims()
                 )));
             }
-            Ok(vec![
-                batched_matmul(&x, &y).map_err(|e| ctx.err(e.to_string()))?
-            ])
+            batched_matmul(&x, &y).map_err(|e| ctx.err(e.to_string()))
         }
     }
 }

@@ -160,11 +160,11 @@ pub fn rms_norm_of_concat(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let n = *dims
         .last()
         .ok_or_else(|| ctx.err("x must have rank >= 1"))?;
-    let xs = fp16::contiguous_values(&x)
+    let mut values = fp16::widened_values(&x)
         .ok_or_else(|| ctx.err(format!("x must be an fp16 CPU tensor, got {:?}", x.dtype())))?;
     let gamma = match ctx.opt_tensor("gamma")? {
-        Some(g) => {
-            let values = fp16::contiguous_values(&g)
+        Some(g) => Some(
+            fp16::widened_values(&g)
                 .filter(|v| v.len() == n)
                 .ok_or_else(|| {
                     ctx.err(format!(
@@ -172,24 +172,15 @@ pub fn rms_norm_of_concat(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
                         g.dtype(),
                         g.dims()
                     ))
-                })?;
-            let mut wide = vec![0f32; n];
-            fp16::widen(&values, &mut wide);
-            Some(wide)
-        }
+                })?,
+        ),
         None => None,
     };
     // 1 / (2N) as the unfused layer_norm applies it (candle divides by a scalar as a product with its inverse).
     let inv_count = (1.0 / (2 * n).max(1) as f64) as f32;
-    let mut out = vec![f16::ZERO; xs.len()];
-    let mut row = vec![0f32; n];
     let mut squares = vec![0f32; n];
-    for (src, dst) in xs
-        .chunks_exact(n.max(1))
-        .zip(out.chunks_exact_mut(n.max(1)))
-    {
-        fp16::widen(src, &mut row);
-        for (q, v) in squares.iter_mut().zip(&row) {
+    for row in values.chunks_exact_mut(n.max(1)) {
+        for (q, v) in squares.iter_mut().zip(row.iter()) {
             *q = v * v;
         }
         let sum_sq = fp16::sum_lanes(&squares);
@@ -197,13 +188,16 @@ pub fn rms_norm_of_concat(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
         for v in row.iter_mut() {
             *v /= denom;
         }
-        if let Some(g) = &gamma {
-            fp16::round_to_f16(&mut row);
+    }
+    if let Some(g) = &gamma {
+        fp16::round_to_f16(&mut values);
+        for row in values.chunks_exact_mut(n.max(1)) {
             for (v, gv) in row.iter_mut().zip(g) {
                 *v *= gv;
             }
         }
-        fp16::narrow(&row, dst);
     }
+    let mut out = vec![f16::ZERO; values.len()];
+    fp16::narrow(&values, &mut out);
     Ok(vec![Tensor::from_vec(out, dims, x.device())?])
 }

@@ -1,8 +1,10 @@
 //! Masked KV positions in grouped-query attention: the score product feeding a masked softmax, and the value
-//! product fed by it, read the softmax's mask so that both skip the KV positions the mask closes in every row
+//! product fed by it (directly or through reshapes that keep the KV positions last), read the softmax's mask so that both skip the KV positions the mask closes in every row
 //! (see [`KV_COLUMN_MASK_PARAM`]). A decode step then reads the filled part of the KV cache, not all of it.
 
 use std::collections::HashMap;
+
+use candle_coreml_format::mil::Dim;
 
 use crate::ops::linear::{KV_COLUMN_MASK_PARAM, KV_REPEATS_PARAM};
 use crate::ops::{Arg, Operand, Step};
@@ -72,8 +74,22 @@ impl FunctionPlan {
                     grants.push((a, mask.clone()));
                 }
             }
+            // The probabilities, and reshapes of them that keep the KV positions as the last dim.
+            let positions = softmax
+                .outputs
+                .first()
+                .and_then(|(_, t)| t.ty.dims()?.last().cloned());
+            let mut prob_slots = vec![*probs];
             for (c, step) in self.steps.iter().enumerate().skip(b + 1) {
-                if slot_of(step.single_arg("x")) == Some(*probs) && is_kv_product(step, false) {
+                let x = slot_of(step.single_arg("x"));
+                if step.op_type == "reshape" && x.is_some_and(|s| prob_slots.contains(&s)) {
+                    if let Some((out, ty)) = step.outputs.first() {
+                        let last = ty.ty.dims().and_then(|d| d.last().cloned());
+                        if matches!(last, Some(Dim::Fixed(_))) && last == positions {
+                            prob_slots.push(*out);
+                        }
+                    }
+                } else if x.is_some_and(|s| prob_slots.contains(&s)) && is_kv_product(step, false) {
                     grants.push((c, mask.clone()));
                 }
             }

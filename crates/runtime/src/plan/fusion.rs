@@ -168,7 +168,7 @@ impl FunctionPlan {
     }
 
     /// Turns each `e = expand_dims(kv [G, S, D], axes=[1])`, `t = tile(e, reps=[1, R, 1, 1])`,
-    /// `y = reshape(t, [1, G*R, S, D])`, `matmul(x, y)` chain (grouped-query attention repeating each KV head for R
+    /// `y = reshape(t, [1, G*R, S, D])` (or `[G*R, S, D]` for a rank-3 `x`), `matmul(x, y)` chain (grouped-query attention repeating each KV head for R
     /// query heads) into one matmul that reads `kv` directly (see [`crate::ops::linear::matmul_repeated_kv`]), so
     /// the repeated tensor is never materialised. Only done when each intermediate is used by the chain alone,
     /// the declared shapes and dtypes fit, and no op between the `expand_dims` and the matmul touches a state
@@ -219,7 +219,8 @@ impl FunctionPlan {
                 continue;
             }
             let fused = (|| {
-                if single_arg(step, "x")?.ty.dims()?.len() != 4 {
+                let x_rank = single_arg(step, "x")?.ty.dims()?.len();
+                if x_rank != 3 && x_rank != 4 {
                     return None;
                 }
                 let y = single_arg(step, "y")?;
@@ -241,7 +242,8 @@ impl FunctionPlan {
                     _ => return None,
                 };
                 let repeated = self.steps[r].outputs.first()?.1.ty.fixed_shape()?;
-                if repeated != [1, g.checked_mul(rep)?, s, d] {
+                let heads = g.checked_mul(rep)?;
+                if repeated != [1, heads, s, d][4 - x_rank..] {
                     return None;
                 }
                 let dtype = kv.ty.dtype()?;

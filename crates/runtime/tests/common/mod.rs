@@ -1,7 +1,12 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Tensor};
+use candle_coreml_format::mil::{
+    Binding, DataType, NamedType, Operation, TensorData, Value as MilValue, ValueData, ValueType,
+};
 use serde_json::Value;
 
 /// Path of a file under the repository's `fixtures/` directory.
@@ -80,4 +85,47 @@ pub fn max_abs_diff(got: &[f64], want: &[f64]) -> f64 {
             }
         })
         .fold(0.0, f64::max)
+}
+
+/// A constant int32 vector binding.
+pub fn ints(v: &[i64]) -> Binding {
+    Binding::Value(MilValue {
+        ty: ValueType::tensor(DataType::Int32, &[v.len() as u64]),
+        data: ValueData::Tensor(TensorData::Int(v.to_vec())),
+    })
+}
+
+/// A constant bool scalar binding.
+pub fn boolean(b: bool) -> Binding {
+    Binding::Value(MilValue {
+        ty: ValueType::scalar(DataType::Bool),
+        data: ValueData::Tensor(TensorData::Bool(vec![b])),
+    })
+}
+
+/// A binding to the value named `n`.
+pub fn name(n: &str) -> Binding {
+    Binding::Name(n.to_string())
+}
+
+/// An operation with single-binding inputs and one output of type `dtype` and shape `output.1`.
+pub fn op(
+    op_type: &str,
+    inputs: &[(&str, Binding)],
+    output: (&str, &[u64]),
+    dtype: DataType,
+) -> Operation {
+    Operation {
+        op_type: op_type.to_string(),
+        inputs: inputs
+            .iter()
+            .map(|(k, b)| (k.to_string(), vec![b.clone()]))
+            .collect(),
+        outputs: vec![NamedType {
+            name: output.0.to_string(),
+            ty: ValueType::tensor(dtype, output.1),
+        }],
+        attributes: BTreeMap::new(),
+        blocks: Vec::new(),
+    }
 }

@@ -142,17 +142,6 @@ pub(crate) fn with_f16<R>(t: &Tensor, f: impl FnOnce(&[f16], &Layout) -> R) -> O
     }
 }
 
-/// The elements of a CPU fp16 tensor in row-major order (a copy only when `t` is not contiguous), with its dims;
-/// `None` for other dtypes or devices.
-pub(crate) fn contiguous_values(t: &Tensor) -> Option<Vec<f16>> {
-    let t = t.contiguous().ok()?;
-    with_f16(&t, |data, layout| {
-        let (start, end) = layout.contiguous_offsets()?;
-        data.get(start..end).map(<[f16]>::to_vec)
-    })
-    .flatten()
-}
-
 /// Sum of f32 values accumulated in eight interleaved lanes (so the additions pipeline and vectorise).
 pub(crate) fn sum_lanes(values: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -241,6 +230,13 @@ fn coalesce(dims: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>
         }
     }
     (cd, cs)
+}
+
+/// The number of elements of a tensor of shape `dims`; `None` when it does not fit in memory addresses.
+pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize / 4)
 }
 
 /// Row-major strides of a contiguous tensor of shape `dims`.
@@ -339,12 +335,12 @@ pub(crate) fn map_into<const N: usize>(
     Some(())
 }
 
-/// `f` applied elementwise (in f32, rounded once to fp16) to CPU fp16 tensors broadcast to a common shape; `None`
-/// when an input is not a CPU fp16 tensor or the shapes do not broadcast (the caller then uses candle's ops).
-pub(crate) fn map_elementwise<const N: usize>(
+/// Runs an n-ary map (see [`map_into`]) over CPU fp16 tensors broadcast to a common shape; returns the values in
+/// row-major order and that shape. `None` when an input is not a CPU fp16 tensor or the shapes do not broadcast.
+pub(crate) fn map_values<const N: usize>(
     inputs: [&Tensor; N],
-    f: impl Fn([f32; N]) -> f32,
-) -> Option<Tensor> {
+    f: impl FnMut([&[f32]; N], &mut [f32]),
+) -> Option<(Vec<f16>, Vec<usize>)> {
     let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.dims()).collect();
     let dims = crate::ops::broadcast_shapes(&shapes)?;
     let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
@@ -356,8 +352,7 @@ pub(crate) fn map_elementwise<const N: usize>(
         }
     }
     let refs: [&Strided<'_>; N] = std::array::from_fn(|k| &views[k]);
-    let count: usize = dims.iter().product();
-    let mut out = vec![f16::ZERO; count];
+    let mut out = vec![f16::ZERO; element_count(&dims)?];
     let strides = contiguous_strides(&dims);
     map_into(
         &dims,
@@ -367,13 +362,22 @@ pub(crate) fn map_elementwise<const N: usize>(
             offset: 0,
             strides,
         },
-        |ins, res| {
-            for (i, r) in res.iter_mut().enumerate() {
-                *r = f(std::array::from_fn(|k| ins[k][i]));
-            }
-        },
+        f,
     )?;
-    drop(guards);
+    Some((out, dims))
+}
+
+/// `f` applied elementwise (in f32, rounded once to fp16) to CPU fp16 tensors broadcast to a common shape; `None`
+/// when an input is not a CPU fp16 tensor or the shapes do not broadcast (the caller then uses candle's ops).
+pub(crate) fn map_elementwise<const N: usize>(
+    inputs: [&Tensor; N],
+    f: impl Fn([f32; N]) -> f32,
+) -> Option<Tensor> {
+    let (values, dims) = map_values(inputs, |ins, res| {
+        for (i, r) in res.iter_mut().enumerate() {
+            *r = f(std::array::from_fn(|k| ins[k][i]));
+        }
+    })?;
     let device = inputs.first()?.device();
-    Tensor::from_vec(out, dims, device).ok()
+    Tensor::from_vec(values, dims, device).ok()
 }
