@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "candle-coreml", version, about)]
 struct Cli {
+    /// Threads for the CPU kernels, the calling thread included (also sets RAYON_NUM_THREADS for candle's own
+    /// ops); default: the RAYON_NUM_THREADS setting, else every core.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,7 +70,16 @@ fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        // Read by candle's CPU ops and by the kernel thread pool when they first run, which has not happened yet.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        candle_coreml_runtime::kernels::pool::set_threads(threads);
+    }
+    match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Generate(args) => commands::generate::run(args),

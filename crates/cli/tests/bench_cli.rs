@@ -1,5 +1,5 @@
-//! `candle-coreml bench` on a fixture set: the report has every field (timing values are not checked) and the
-//! greedy tokens are the same in every repetition; impossible requests are refused.
+//! `candle-coreml bench` on a fixture set: the report has every field, the op profile included (timing values
+//! are not checked), and the greedy tokens are the same in every repetition; impossible requests are refused.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,6 +26,7 @@ fn bench_reports_every_field() {
             "2",
             "--threads",
             "1",
+            "--profile-ops",
         ])
         .output()
         .unwrap();
@@ -41,10 +42,14 @@ fn bench_reports_every_field() {
         "prompt_tokens: 40, generated_tokens: 5, repeats: 2 (+1 warm-up)",
         "load_time: ",
         "peak_resident_memory: ",
+        "resident_memory_after_decode: ",
         "time_to_first_token: ",
         "prefill: ",
         "decode: ",
         "greedy_tokens: ",
+        "op profile, prompt + first token: ",
+        "op profile, decode: ",
+        "  conv ",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(field)),

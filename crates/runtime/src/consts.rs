@@ -12,7 +12,7 @@ use half::{bf16, f16};
 use crate::dtype::storage_dtype;
 use crate::error::{program_error, Result};
 use crate::kernels::arena::WeightArena;
-use crate::kernels::lut_matrix::LutMatrix;
+use crate::kernels::PackedMatrix;
 
 /// A compile-time value as the executor holds it.
 #[derive(Debug, Clone)]
@@ -26,11 +26,11 @@ pub enum ConstValue {
     },
     /// A string scalar (op modes, dtype names, einsum equations).
     Str(String),
-    /// A palettised weight kept packed for the matrix kernels (`conv`/`linear` weights); any other use sees it
-    /// expanded to a dense tensor.
+    /// A `conv`/`linear` weight kept in a matrix kernel's layout (palettised, or dense fp16); any other use sees
+    /// it expanded to a dense tensor.
     Packed {
         /// The packed matrix (`shape[0]` rows, the product of the other dims as columns).
-        matrix: Arc<LutMatrix>,
+        matrix: Arc<PackedMatrix>,
         /// The declared shape of the dense weight.
         shape: Vec<usize>,
         /// The MIL element type of the dense weight.
@@ -60,7 +60,7 @@ impl ConstValue {
 pub struct ConstCache {
     blobs: Mutex<HashMap<BlobRef, Tensor>>,
     derived: Mutex<HashMap<String, Tensor>>,
-    packed: Mutex<HashMap<String, Arc<LutMatrix>>>,
+    packed: Mutex<HashMap<String, Arc<PackedMatrix>>>,
     arena: WeightArena,
 }
 
@@ -101,8 +101,8 @@ impl ConstCache {
     pub fn packed_or_insert(
         &self,
         key: &str,
-        make: impl FnOnce(&WeightArena) -> Result<Option<LutMatrix>>,
-    ) -> Result<Option<Arc<LutMatrix>>> {
+        make: impl FnOnce(&WeightArena) -> Result<Option<PackedMatrix>>,
+    ) -> Result<Option<Arc<PackedMatrix>>> {
         if let Some(m) = self.packed.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(Some(m));
         }

@@ -88,21 +88,18 @@ fn run_set(set: &str) {
                 "{set}: masked KV positions are skipped"
             );
         }
-        // Palettised projection weights stay packed, so the tokens below also check the LUT kernels.
-        if set.contains("lut") {
-            assert!(
-                chunk.infer.plan().packed_weights() > 0,
-                "{set}: packed FFN weights"
-            );
-            assert!(
-                chunk.prefill.plan().packed_weights() > 0,
-                "{set}: packed FFN weights"
-            );
-        }
+        // Projection weights (palettised or fp16) stay in the matrix kernels' layout, so the tokens below also
+        // check those kernels.
+        assert!(
+            chunk.infer.plan().packed_weights() > 0,
+            "{set}: packed FFN weights"
+        );
+        assert!(
+            chunk.prefill.plan().packed_weights() > 0,
+            "{set}: packed FFN weights"
+        );
     }
-    if set.contains("lut") {
-        assert!(lm_head.plan().packed_weights() > 0, "{set}: packed LM head");
-    }
+    assert!(lm_head.plan().packed_weights() > 0, "{set}: packed LM head");
     let mut state: ModelState = chunks[0].prefill.make_state().unwrap();
     let mut ids: Vec<i64> = expected["prompt"]["ids"]
         .as_array()

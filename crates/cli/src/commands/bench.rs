@@ -27,10 +27,6 @@ pub struct Args {
     /// Untimed repetitions before the timed ones.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Worker threads for the CPU kernels (sets RAYON_NUM_THREADS); default: the environment's setting or all
-    /// cores.
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// After the timed repetitions, run one more with per-op-type timing and print where prefill and decode
     /// spend their time.
     #[arg(long)]
@@ -125,13 +121,6 @@ fn stat_line(name: &str, values: &[f64], unit: &str) -> String {
 
 /// Runs `bench`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(threads) = args.threads {
-        if threads == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // Read by candle's CPU kernels and rayon when their thread pools start, which has not happened yet.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
     if args.prompt_len == 0 || args.repeats == 0 {
         bail!("--prompt-len and --repeats must be at least 1");
     }
@@ -177,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|r| args.gen_len as f64 / r.decode_time.as_secs_f64())
         .collect();
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".to_string());
+    let threads = candle_coreml_runtime::kernels::pool::threads();
     println!("model: {}", args.model.display());
     println!("threads: {threads}");
     println!(

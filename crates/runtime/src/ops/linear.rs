@@ -9,8 +9,8 @@ use half::slice::HalfFloatSliceExt;
 use super::{broadcast_shapes, in_f32, Kernel, OpCtx};
 use crate::error::Result;
 use crate::kernels::kv_products;
-use crate::kernels::lut_matrix::LutMatrix;
 use crate::kernels::pool::parallel_chunks_mut;
+use crate::kernels::PackedMatrix;
 
 /// Linear-algebra kernels of this family.
 pub const KERNELS: &[(&str, Kernel)] = &[
@@ -415,7 +415,7 @@ fn conv(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
 
 /// `W @ x` for a packed weight `W [N, K]` and `x [K, M]` (any float dtype, any layout), computed in f32 and
 /// returned as `[N, M]` in `x`'s dtype.
-fn packed_product(w: &LutMatrix, x: &Tensor) -> Result<Tensor> {
+fn packed_product(w: &PackedMatrix, x: &Tensor) -> Result<Tensor> {
     let (k, m) = x.dims2()?;
     if k != w.cols() {
         return Err(candle_core::Error::Msg(format!(

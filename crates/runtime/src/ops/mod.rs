@@ -11,7 +11,7 @@ use candle_coreml_format::mil::{DataType, NamedType, ValueType};
 
 use crate::consts::ConstValue;
 use crate::error::{Result, RuntimeError};
-use crate::kernels::lut_matrix::LutMatrix;
+use crate::kernels::PackedMatrix;
 use crate::state::ModelState;
 
 pub mod activation;
@@ -173,7 +173,7 @@ impl OpCtx<'_> {
     }
 
     /// A constant weight kept packed (see [`ConstValue::Packed`]) with its dense shape, if `param` is one.
-    pub fn packed_weight(&self, param: &str) -> Option<(&LutMatrix, &[usize])> {
+    pub fn packed_weight(&self, param: &str) -> Option<(&PackedMatrix, &[usize])> {
         match self.single(param).ok().flatten().map(|a| &a.operand) {
             Some(Operand::Const(ConstValue::Packed { matrix, shape, .. })) => {
                 Some((matrix.as_ref(), shape.as_slice()))

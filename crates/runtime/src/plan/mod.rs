@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use candle_core::{Device, Tensor};
 use candle_coreml_format::blob::WeightStore;
 use candle_coreml_format::mil::{
-    Binding, DataType, Dim, Function, Operation, Value, ValueData, ValueType,
+    Binding, DataType, Dim, Function, Operation, TensorData, Value, ValueData, ValueType,
 };
 
 use crate::consts::{
@@ -18,7 +18,9 @@ use crate::consts::{
 };
 use crate::dtype::{storage_dtype, to_interface, to_storage};
 use crate::error::{program_error, Result, RuntimeError};
+use crate::kernels::f16_matrix::F16Matrix;
 use crate::kernels::lut_matrix::{IndexSource, LutMatrix};
+use crate::kernels::PackedMatrix;
 use crate::ops::constexpr::{const_kernels, lut_packing, ConstCtx};
 use crate::ops::{kernels, Arg, OpCtx, Operand, Step};
 use crate::state::{ModelState, StateDecl};
@@ -76,15 +78,34 @@ struct Lowering<'f> {
     slot_count: usize,
 }
 
-/// Names of the values `function` uses only as the `weight` of `conv` or `linear` ops.
+/// Names of the values `function` uses only as the `weight` of `linear` ops or of `conv` ops that are plain
+/// matrix products (see [`conv_is_pointwise`]).
 fn weight_only_values(function: &Function) -> HashSet<String> {
+    let ops = &function.block.operations;
+    let consts: HashMap<&str, &Value> = ops
+        .iter()
+        .filter(|op| op.op_type == "const")
+        .filter_map(|op| Some((op.outputs.first()?.name.as_str(), op.constant("val")?)))
+        .collect();
+    let types: HashMap<&str, &ValueType> = ops
+        .iter()
+        .flat_map(|op| op.outputs.iter().map(|o| (o.name.as_str(), &o.ty)))
+        .collect();
     let mut weights = HashSet::new();
     let mut others: HashSet<&str> = function.block.outputs.iter().map(String::as_str).collect();
-    for op in &function.block.operations {
+    for op in ops {
         for (param, bindings) in &op.inputs {
             for binding in bindings {
                 if let Binding::Name(n) = binding {
-                    if param == "weight" && matches!(op.op_type.as_str(), "conv" | "linear") {
+                    let matrix_weight = param == "weight"
+                        && match op.op_type.as_str() {
+                            "linear" => true,
+                            "conv" => types
+                                .get(n.as_str())
+                                .is_some_and(|ty| conv_is_pointwise(op, ty, &consts)),
+                            _ => false,
+                        };
+                    if matrix_weight {
                         weights.insert(n.clone());
                     } else {
                         others.insert(n);
@@ -95,6 +116,37 @@ fn weight_only_values(function: &Function) -> HashSet<String> {
     }
     weights.retain(|n| !others.contains(n.as_str()));
     weights
+}
+
+/// True when `conv` with a weight of type `weight` is a matrix product: 1×1 kernel, one group, unit strides, no
+/// padding (constant parameters only).
+fn conv_is_pointwise(op: &Operation, weight: &ValueType, consts: &HashMap<&str, &Value>) -> bool {
+    let constant = |p: &str| -> Option<&Value> {
+        match op.inputs.get(p).map(Vec::as_slice) {
+            Some([Binding::Value(v)]) => Some(v),
+            Some([Binding::Name(n)]) => consts.get(n.as_str()).copied(),
+            _ => op.attributes.get(p),
+        }
+    };
+    let ints = |p: &str| -> Option<Vec<i64>> {
+        match &constant(p)?.data {
+            ValueData::Tensor(TensorData::Int(v)) => Some(v.clone()),
+            _ => None,
+        }
+    };
+    let given = |p: &str| op.inputs.contains_key(p) || op.attributes.contains_key(p);
+    let unit_kernel = weight
+        .dims()
+        .is_some_and(|d| d.len() >= 3 && d[2..].iter().all(|k| *k == Dim::Fixed(1)));
+    let all =
+        |p: &str, want: i64| !given(p) || ints(p).is_some_and(|v| v.iter().all(|&x| x == want));
+    let no_padding = match constant("pad_type").and_then(Value::as_str) {
+        None => !given("pad_type") && all("pad", 0),
+        Some("valid" | "same" | "same_lower") => true,
+        Some("custom") => all("pad", 0),
+        Some(_) => false,
+    };
+    unit_kernel && all("groups", 1) && all("strides", 1) && no_padding
 }
 
 fn op_display_name(op: &Operation) -> String {
@@ -240,6 +292,7 @@ impl<'f> Lowering<'f> {
                     packing.rows_per_table,
                     arena,
                 )
+                .map(PackedMatrix::Lut)
             };
             let blob = match (&index_value.data, self.weights) {
                 (ValueData::Blob(b), Some(w)) => Some(w.resolve(b)?),
@@ -276,6 +329,41 @@ impl<'f> Lowering<'f> {
             matrix,
             shape: out_shape,
             dtype,
+        }))
+    }
+
+    /// The fp16 weight blob `name`, when it is only ever a `conv`/`linear` weight (of rank 2 or more), as a
+    /// dense fp16 matrix in kernel memory; `None` for anything else.
+    fn pack_dense_weight(&self, name: &str) -> Result<Option<Arg>> {
+        if !self.weight_only.contains(name) {
+            return Ok(None);
+        }
+        let (Some((value, ty)), Some(weights)) = (self.const_values.get(name), self.weights) else {
+            return Ok(None);
+        };
+        let ValueData::Blob(blob_ref) = &value.data else {
+            return Ok(None);
+        };
+        let shape = value_shape_of(value);
+        if value.ty.dtype() != Some(DataType::Float16) || shape.len() < 2 {
+            return Ok(None);
+        }
+        let (rows, cols) = (shape[0], shape[1..].iter().product::<usize>());
+        let key = format!("packed-f16|{}", value_key(value));
+        let matrix = self.cache.packed_or_insert(&key, |arena| {
+            let blob = weights.resolve(blob_ref)?;
+            let values = blob.as_f16()?;
+            F16Matrix::new(rows, cols, values, arena)
+                .map(|m| Some(PackedMatrix::F16(m)))
+                .map_err(|e| program_error(format!("weight `{name}`: {e}")))
+        })?;
+        Ok(matrix.map(|matrix| Arg {
+            operand: Operand::Const(ConstValue::Packed {
+                matrix,
+                shape,
+                dtype: DataType::Float16,
+            }),
+            ty: ty.clone(),
         }))
     }
 
@@ -544,6 +632,14 @@ impl FunctionPlan {
             })?;
             let mut params = Vec::new();
             for (p, bindings) in &op.inputs {
+                if let [Binding::Name(n)] = bindings.as_slice() {
+                    if p == "weight" {
+                        if let Some(arg) = low.pack_dense_weight(n)? {
+                            params.push((p.clone(), vec![arg]));
+                            continue;
+                        }
+                    }
+                }
                 let args = bindings
                     .iter()
                     .map(|b| low.resolve(b, &format!("{op_name}.{p}")))

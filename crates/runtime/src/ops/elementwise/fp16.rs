@@ -239,50 +239,23 @@ pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
         .filter(|&n| n <= isize::MAX as usize / 4)
 }
 
-/// Row-major strides of a contiguous tensor of shape `dims`.
-pub(crate) fn contiguous_strides(dims: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1usize; dims.len()];
-    for i in (0..dims.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * dims[i + 1];
-    }
-    strides
-}
-
-/// Where an n-ary map writes: an fp16 buffer, the position of the first output element and one stride per dim.
-pub(crate) struct Dest<'a> {
-    /// The output buffer.
-    pub data: &'a mut [f16],
-    /// Position of the first element.
-    pub offset: usize,
-    /// One stride per dim of the iteration shape.
-    pub strides: Vec<usize>,
-}
-
 /// Iterates over `dims` in row-major order: widens each input's elements in runs of at most [`RUN`], lets `f` turn
-/// them into output values (f32 buffers, rounded to fp16 when stored) and stores them into `out`. `None` (nothing
-/// written) when `out` cannot hold every position.
-pub(crate) fn map_into<const N: usize>(
+/// them into output values (f32 buffers) and stores them, rounded to fp16, one after another into `out`. `None`
+/// (nothing written) when `out` does not hold exactly one element per position.
+fn map_into<const N: usize>(
     dims: &[usize],
     inputs: [&Strided<'_>; N],
-    out: Dest<'_>,
+    out: &mut [f16],
     mut f: impl FnMut([&[f32]; N], &mut [f32]),
 ) -> Option<()> {
-    if dims.contains(&0) {
-        return Some(());
-    }
-    let out_view_fits = dims
-        .iter()
-        .zip(&out.strides)
-        .try_fold(out.offset, |acc, (&d, &s)| {
-            (d - 1).checked_mul(s).and_then(|v| acc.checked_add(v))
-        })
-        .is_some_and(|l| l < out.data.len());
-    if !out_view_fits || out.strides.len() != dims.len() {
+    if element_count(dims)? != out.len() {
         return None;
     }
-    let mut all: Vec<&[usize]> = inputs.iter().map(|v| v.strides.as_slice()).collect();
-    all.push(&out.strides);
-    let (cd, cs) = coalesce(dims, &all);
+    if out.is_empty() {
+        return Some(());
+    }
+    let strides: Vec<&[usize]> = inputs.iter().map(|v| v.strides.as_slice()).collect();
+    let (cd, cs) = coalesce(dims, &strides);
     let (outer, inner) = match cd.split_last() {
         Some((&inner, outer)) => (outer.to_vec(), inner),
         None => (Vec::new(), 1),
@@ -290,12 +263,10 @@ pub(crate) fn map_into<const N: usize>(
     let inner_strides: Vec<usize> = cs.iter().map(|s| s.last().copied().unwrap_or(0)).collect();
     let mut bufs = [[0f32; RUN]; N];
     let mut res = [0f32; RUN];
-    let mut tmp = [f16::ZERO; RUN];
     let mut counter = vec![0usize; outer.len()];
     let mut starts: Vec<usize> = inputs.iter().map(|v| v.offset).collect();
-    starts.push(out.offset);
-    let outer_count: usize = outer.iter().product();
-    for _ in 0..outer_count {
+    let mut pos = 0;
+    for _ in 0..out.len() / inner {
         let mut done = 0;
         while done < inner {
             let len = RUN.min(inner - done);
@@ -305,17 +276,8 @@ pub(crate) fn map_into<const N: usize>(
             }
             let ins: [&[f32]; N] = std::array::from_fn(|k| &bufs[k][..len]);
             f(ins, &mut res[..len]);
-            let os = inner_strides[N];
-            let o = starts[N] + done * os;
-            if os == 1 {
-                narrow(&res[..len], &mut out.data[o..o + len]);
-            } else {
-                let t = &mut tmp[..len];
-                narrow(&res[..len], t);
-                for (k, v) in t.iter().enumerate() {
-                    out.data[o + k * os] = *v;
-                }
-            }
+            narrow(&res[..len], &mut out[pos..pos + len]);
+            pos += len;
             done += len;
         }
         for d in (0..outer.len()).rev() {
@@ -353,17 +315,7 @@ pub(crate) fn map_values<const N: usize>(
     }
     let refs: [&Strided<'_>; N] = std::array::from_fn(|k| &views[k]);
     let mut out = vec![f16::ZERO; element_count(&dims)?];
-    let strides = contiguous_strides(&dims);
-    map_into(
-        &dims,
-        refs,
-        Dest {
-            data: &mut out,
-            offset: 0,
-            strides,
-        },
-        f,
-    )?;
+    map_into(&dims, refs, &mut out, f)?;
     Some((out, dims))
 }
 
