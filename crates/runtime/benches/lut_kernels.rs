@@ -1,10 +1,12 @@
-//! `cargo bench -p candle-coreml-runtime --bench lut_kernels`: the packed LUT matrix kernels on Qwen3-0.6B-sized
-//! projections (matrix-vector for decode, matrix-matrix for a 64-token prefill), in GB/s of packed weights read
-//! and GFLOP/s. Set RAYON_NUM_THREADS to pick the thread count.
+//! `cargo bench -p candle-coreml-runtime --bench lut_kernels`: the packed weight kernels on Qwen3-0.6B-sized
+//! projections (LUT8, LUT4 and dense fp16; matrix-vector for decode, matrix-matrix for a 64-token prefill), in
+//! GB/s of weights read and GFLOP/s, plus one decode step's worth of projections streamed from memory. Set
+//! RAYON_NUM_THREADS to pick the thread count.
 
 use std::time::{Duration, Instant};
 
 use candle_coreml_runtime::kernels::arena::WeightArena;
+use candle_coreml_runtime::kernels::f16_matrix::F16Matrix;
 use candle_coreml_runtime::kernels::lut_matrix::{IndexSource, LutMatrix};
 
 /// Median seconds per call of `f`, over repeats filling about `budget`.
@@ -130,6 +132,27 @@ fn main() {
                     2.0 * (count * m) as f64 / secs / 1e9
                 );
             }
+        }
+    }
+    for (rows, cols) in [(3072usize, 1024usize), (9496, 1024)] {
+        let values: Vec<half::f16> = (0..rows * cols)
+            .map(|_| half::f16::from_f32((next() % 1000) as f32 / 1e4 - 0.05))
+            .collect();
+        let w = F16Matrix::new(rows, cols, &values, &arena).expect("valid matrix");
+        for m in [1usize, 64] {
+            let x: Vec<f32> = (0..cols * m).map(|i| (i % 17) as f32 * 0.01).collect();
+            let mut out = vec![0f32; rows * m];
+            let secs = time(Duration::from_millis(400), || {
+                w.matmul(&x, m, &mut out).expect("shapes fit");
+            });
+            println!(
+                "{:<28} {:>4} {:>10.1} {:>10.1} {:>10.1}",
+                format!("fp16 {rows}x{cols}"),
+                m,
+                secs * 1e6,
+                (rows * cols * 2) as f64 / secs / 1e9,
+                2.0 * (rows * cols * m) as f64 / secs / 1e9
+            );
         }
     }
 }

@@ -183,6 +183,11 @@ fn rms_norm_per_head() {
 }
 
 #[test]
+fn rms_norm_large_enough_to_split_between_threads() {
+    check_rms_norm(&[1, 64, 1024]);
+}
+
+#[test]
 fn rms_norm_with_another_constant_is_not_fused() {
     let text = rms_norm_program(&[1, 2, 8], &values(8, 3, 1.0), "")
         .replace("y = fp16(-1.0)", "y = fp16(-2.0)");
@@ -299,16 +304,15 @@ fn softmax_program(dims: &[usize], mask: &[usize], extra_output: &str) -> String
     )
 }
 
-#[test]
-fn scaled_masked_softmax() {
-    let dims = [1, 3, 4, 16];
-    let mask_dims = [1, 1, 4, 16];
+/// Scores `[1, heads, rows, cols]` and a causal mask `[1, 1, rows, cols]` whose last row is fully masked.
+fn check_scaled_masked_softmax(heads: usize, rows: usize, cols: usize) {
+    let dims = [1, heads, rows, cols];
+    let mask_dims = [1, 1, rows, cols];
     let scores = values(dims.iter().product(), 7, 20.0);
-    // Causal mask over 16 positions for rows at positions 5, 6, 7 and a fully masked row.
     let mut mask = Vec::new();
-    for row in 0..4usize {
-        for col in 0..16usize {
-            let open = row < 3 && col <= 5 + row;
+    for row in 0..rows {
+        for col in 0..cols {
+            let open = row + 1 < rows && col <= cols / 3 + row;
             mask.push(if open { f16::ZERO } else { f16::NEG_INFINITY });
         }
     }
@@ -322,10 +326,11 @@ fn scaled_masked_softmax() {
     assert_close("fused against unfused", &got, &run(&unfused, &inputs), 0);
     let scale = 0.1767578125;
     let mut want = Vec::new();
-    for (r, row) in scores.chunks(16).enumerate() {
+    for (r, row) in scores.chunks(cols).enumerate() {
+        let m = (r % rows) * cols;
         let masked: Vec<f64> = row
             .iter()
-            .zip(&mask[(r % 4) * 16..(r % 4 + 1) * 16])
+            .zip(&mask[m..m + cols])
             .map(|(s, m)| round16(round16(s.to_f64() * scale) + m.to_f64()))
             .collect();
         let max = masked.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -336,10 +341,23 @@ fn scaled_masked_softmax() {
         want.extend(e.iter().map(|v| f16::from_f64(v / sum)));
     }
     assert_close("fused against the definition", &got, &want, 1);
-    assert!(
-        got[3 * 16..4 * 16].iter().all(|v| *v == f16::ZERO),
-        "a fully masked row gives zeros"
-    );
+    for h in 0..heads {
+        let last = (h * rows + rows - 1) * cols;
+        assert!(
+            got[last..last + cols].iter().all(|v| *v == f16::ZERO),
+            "a fully masked row gives zeros"
+        );
+    }
+}
+
+#[test]
+fn scaled_masked_softmax_small() {
+    check_scaled_masked_softmax(3, 4, 16);
+}
+
+#[test]
+fn scaled_masked_softmax_large_enough_to_split_between_threads() {
+    check_scaled_masked_softmax(4, 64, 256);
 }
 
 fn silu_mul_program(dims: &[usize], extra_output: &str) -> String {
@@ -354,16 +372,15 @@ fn silu_mul_program(dims: &[usize], extra_output: &str) -> String {
     )
 }
 
-#[test]
-fn silu_gated_product() {
-    let dims = [1, 96, 1, 1];
-    let gate = values(96, 8, 8.0);
-    let up = values(96, 9, 3.0);
-    let fused = plan(&silu_mul_program(&dims, ""));
+fn check_silu_gated_product(dims: &[usize]) {
+    let count = dims.iter().product();
+    let gate = values(count, 8, 8.0);
+    let up = values(count, 9, 3.0);
+    let fused = plan(&silu_mul_program(dims, ""));
     assert_eq!(fused.step_count(), 1);
-    let unfused = plan(&silu_mul_program(&dims, ", act"));
+    let unfused = plan(&silu_mul_program(dims, ", act"));
     assert_eq!(unfused.step_count(), 2);
-    let (gt, ut) = (tensor(&gate, &dims), tensor(&up, &dims));
+    let (gt, ut) = (tensor(&gate, dims), tensor(&up, dims));
     let inputs = [("gate", &gt), ("up", &ut)];
     let got = run(&fused, &inputs);
     assert_eq!(got, run(&unfused, &inputs), "fused against unfused");
@@ -376,6 +393,16 @@ fn silu_gated_product() {
         })
         .collect();
     assert_close("fused against the definition", &got, &want, 1);
+}
+
+#[test]
+fn silu_gated_product_small() {
+    check_silu_gated_product(&[1, 96, 1, 1]);
+}
+
+#[test]
+fn silu_gated_product_large_enough_to_split_between_threads() {
+    check_silu_gated_product(&[1, 3072, 1, 16]);
 }
 
 /// `op(transpose(x, perm), y)` for fp16 inputs, whose result must equal candle's fp16 op on the same tensors.
@@ -453,5 +480,8 @@ fn fp16_binary_ops_equal_candle() {
         check_binary(op, &[2, 3, 70], &[0, 2, 1], &[1]);
         check_binary(op, &[4, 5, 6], &[2, 0, 1], &[6, 1, 5]);
         check_binary(op, &[1, 1, 200], &[0, 1, 2], &[]);
+        // Large enough to be split between threads: rows of a transposed input, and one long contiguous run.
+        check_binary(op, &[4, 96, 100], &[0, 2, 1], &[96]);
+        check_binary(op, &[1, 64, 1024], &[0, 1, 2], &[1, 64, 1024]);
     }
 }

@@ -126,7 +126,7 @@ pub fn silu_mul(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
 fn map_f16<const N: usize>(
     ctx: &OpCtx<'_>,
     inputs: [&Tensor; N],
-    f: impl FnMut([&[f32]; N], &mut [f32]),
+    f: impl Fn([&[f32]; N], &mut [f32]) + Sync,
 ) -> Result<(Vec<f16>, Vec<usize>)> {
     fp16::map_values(inputs, f).ok_or_else(|| {
         let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.dims()).collect();
@@ -227,23 +227,25 @@ fn softmax(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
 
 /// [`softmax_f32`] over consecutive rows of `row_len` values, in place.
 fn softmax_rows(values: &mut [f32], row_len: usize) {
-    for row in values.chunks_exact_mut(row_len.max(1)) {
-        let max = fp16::max_lanes(row);
-        let max = if max.is_finite() { max } else { 0.0 };
-        for v in row.iter_mut() {
-            // e^-inf is 0 exactly; masked positions skip the call.
-            *v = if *v == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (*v - max).exp()
-            };
+    fp16::for_row_groups(values, row_len, |group| {
+        for row in group.chunks_exact_mut(row_len.max(1)) {
+            let max = fp16::max_lanes(row);
+            let max = if max.is_finite() { max } else { 0.0 };
+            for v in row.iter_mut() {
+                // e^-inf is 0 exactly; masked positions skip the call.
+                *v = if *v == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (*v - max).exp()
+                };
+            }
+            let sum = fp16::sum_lanes(row);
+            let sum = if sum == 0.0 { 1.0 } else { sum };
+            for v in row.iter_mut() {
+                *v /= sum;
+            }
         }
-        let sum = fp16::sum_lanes(row);
-        let sum = if sum == 0.0 { 1.0 } else { sum };
-        for v in row.iter_mut() {
-            *v /= sum;
-        }
-    }
+    });
 }
 
 /// Fused attention-score softmax, `softmax(add(mul(x, scale), mask), axis=-1)` on fp16 tensors (scale and mask

@@ -178,25 +178,25 @@ pub fn rms_norm_of_concat(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     };
     // 1 / (2N) as the unfused layer_norm applies it (candle divides by a scalar as a product with its inverse).
     let inv_count = (1.0 / (2 * n).max(1) as f64) as f32;
-    let mut squares = vec![0f32; n];
-    for row in values.chunks_exact_mut(n.max(1)) {
-        for (q, v) in squares.iter_mut().zip(row.iter()) {
-            *q = v * v;
-        }
-        let sum_sq = fp16::sum_lanes(&squares);
-        let denom = ((2.0 * sum_sq) * inv_count + eps).sqrt();
-        for v in row.iter_mut() {
-            *v /= denom;
-        }
-    }
-    if let Some(g) = &gamma {
-        fp16::round_to_f16(&mut values);
-        for row in values.chunks_exact_mut(n.max(1)) {
-            for (v, gv) in row.iter_mut().zip(g) {
-                *v *= gv;
+    fp16::for_row_groups(&mut values, n, |group| {
+        let mut squares = vec![0f32; n];
+        for row in group.chunks_exact_mut(n.max(1)) {
+            for (q, v) in squares.iter_mut().zip(row.iter()) {
+                *q = v * v;
+            }
+            let sum_sq = fp16::sum_lanes(&squares);
+            let denom = ((2.0 * sum_sq) * inv_count + eps).sqrt();
+            for v in row.iter_mut() {
+                *v /= denom;
+            }
+            if let Some(g) = &gamma {
+                fp16::round_to_f16(row);
+                for (v, gv) in row.iter_mut().zip(g) {
+                    *v *= gv;
+                }
             }
         }
-    }
+    });
     let mut out = vec![f16::ZERO; values.len()];
     fp16::narrow(&values, &mut out);
     Ok(vec![Tensor::from_vec(out, dims, x.device())?])

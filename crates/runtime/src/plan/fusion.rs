@@ -434,7 +434,7 @@ fn slice_ranges(step: &Step, dims: &[usize]) -> Option<Vec<(usize, usize)>> {
     )
 }
 
-/// True when a slice of an input of shape `dims` takes everything except `[lo, hi)` along the last dim.
+/// True when a slice of an input of shape `dims` takes every dim whole except the last, of which it takes `[lo, hi)`.
 fn is_last_dim_slice(step: &Step, dims: &[usize], lo: usize, hi: usize) -> bool {
     let Some(ranges) = slice_ranges(step, dims) else {
         return false;

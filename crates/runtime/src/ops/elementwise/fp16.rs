@@ -1,15 +1,16 @@
-//! Fast paths for fp16 tensors in CPU memory. Elements are widened to f32 in short runs with the slice conversions
-//! of the `half` crate (vectorised with F16C where the CPU has it), computed in f32 and rounded to fp16 where the
-//! program rounds. An elementwise fp16 op computed this way gives the same values as candle's fp16 ops, which also
-//! compute each operation in f32 and round once, but without a software conversion per element and without
-//! materialising broadcast operands.
+//! Fast paths for fp16 tensors in CPU memory. Elements are widened to f32 in runs (with F16C instructions when the
+//! CPU has them, detected at run time, else with the `half` crate's conversions), computed in f32 and rounded to
+//! fp16 where the program rounds. An elementwise fp16 op computed this way gives the same values as candle's fp16
+//! ops, which also compute each operation in f32 and round once (ties to even), but without a software conversion
+//! per element and without materialising broadcast operands. Large inputs (prefill) are split over the kernel
+//! threads of [`crate::kernels::pool`].
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 /// Elements widened per run (the stack buffers' length).
-pub(crate) const RUN: usize = 256;
+const RUN: usize = 256;
 
 /// Widens fp16 values to f32 (`dst` and `src` have one length; extra elements of the longer one are left alone).
 pub(crate) fn widen(src: &[f16], dst: &mut [f32]) {
@@ -71,7 +72,7 @@ unsafe fn narrow_f16c(src: &[f32], dst: &mut [f16]) {
 
 /// An fp16 operand read through an output shape: its elements, the position of its first element and one stride
 /// per output dim (0 where the operand is broadcast).
-pub(crate) struct Strided<'a> {
+struct Strided<'a> {
     data: &'a [f16],
     offset: usize,
     strides: Vec<usize>,
@@ -80,7 +81,7 @@ pub(crate) struct Strided<'a> {
 impl<'a> Strided<'a> {
     /// `data` laid out as `layout`, broadcast (numpy rules, aligned right) to `dims`; `None` when the shapes do not
     /// broadcast or the layout reaches outside `data`.
-    pub(crate) fn new(data: &'a [f16], layout: &Layout, dims: &[usize]) -> Option<Strided<'a>> {
+    fn new(data: &'a [f16], layout: &Layout, dims: &[usize]) -> Option<Strided<'a>> {
         let own = layout.dims();
         let lead = dims.len().checked_sub(own.len())?;
         let mut strides = vec![0usize; dims.len()];
@@ -134,7 +135,7 @@ impl<'a> Strided<'a> {
 }
 
 /// The fp16 elements and layout of a CPU fp16 tensor, handed to `f`; `None` for other dtypes or devices.
-pub(crate) fn with_f16<R>(t: &Tensor, f: impl FnOnce(&[f16], &Layout) -> R) -> Option<R> {
+fn with_f16<R>(t: &Tensor, f: impl FnOnce(&[f16], &Layout) -> R) -> Option<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         Storage::Cpu(CpuStorage::F16(data)) => Some(f(data, layout)),
@@ -188,15 +189,11 @@ pub(crate) fn widened_values(t: &Tensor) -> Option<Vec<f32>> {
 
 /// Rounds every value of `buf` to the nearest fp16 (ties to even), keeping it as f32.
 pub(crate) fn round_to_f16(buf: &mut [f32]) {
-    if buf.len() <= RUN {
-        let mut tmp = [f16::ZERO; RUN];
-        let t = &mut tmp[..buf.len()];
-        narrow(buf, t);
-        widen(t, buf);
-    } else {
-        let mut tmp = vec![f16::ZERO; buf.len()];
-        narrow(buf, &mut tmp);
-        widen(&tmp, buf);
+    let mut tmp = [f16::ZERO; RUN];
+    for chunk in buf.chunks_mut(RUN) {
+        let t = &mut tmp[..chunk.len()];
+        narrow(chunk, t);
+        widen(t, chunk);
     }
 }
 
@@ -233,10 +230,51 @@ fn coalesce(dims: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>
 }
 
 /// The number of elements of a tensor of shape `dims`; `None` when it does not fit in memory addresses.
-pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
+fn element_count(dims: &[usize]) -> Option<usize> {
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= isize::MAX as usize / 4)
+}
+
+/// Output elements below which a map or row-wise kernel runs on the calling thread alone (every tensor of a
+/// decode step); larger ones (prefill) are split over the kernel threads.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// Calls `f` on groups of whole `row_len`-element rows of `values` (one group on the calling thread for small
+/// inputs, several on the kernel threads otherwise).
+pub(crate) fn for_row_groups(values: &mut [f32], row_len: usize, f: impl Fn(&mut [f32]) + Sync) {
+    let row_len = row_len.max(1);
+    let rows = values.len() / row_len;
+    if values.len() < PARALLEL_MIN || rows < 2 {
+        f(values);
+        return;
+    }
+    let per_task = rows.div_ceil(crate::kernels::pool::threads() * 4).max(1);
+    crate::kernels::pool::parallel_chunks_mut(values, per_task * row_len, |_, group| f(group));
+}
+
+/// Splits a long innermost run into blocks (an extra dim) so that large maps can be shared between threads.
+fn split_long_run(dims: &mut Vec<usize>, strides: &mut [Vec<usize>]) {
+    let Some(&inner) = dims.last() else {
+        return;
+    };
+    if inner < PARALLEL_MIN {
+        return;
+    }
+    let Some(block) = [4096usize, 2048, 1024, 512, 256]
+        .into_iter()
+        .find(|b| inner.is_multiple_of(*b))
+    else {
+        return;
+    };
+    let last = dims.len() - 1;
+    dims[last] = inner / block;
+    dims.push(block);
+    for s in strides.iter_mut() {
+        let step = s[last];
+        s[last] = step * block;
+        s.push(step);
+    }
 }
 
 /// Iterates over `dims` in row-major order: widens each input's elements in runs of at most [`RUN`], lets `f` turn
@@ -246,7 +284,7 @@ fn map_into<const N: usize>(
     dims: &[usize],
     inputs: [&Strided<'_>; N],
     out: &mut [f16],
-    mut f: impl FnMut([&[f32]; N], &mut [f32]),
+    f: impl Fn([&[f32]; N], &mut [f32]) + Sync,
 ) -> Option<()> {
     if element_count(dims)? != out.len() {
         return None;
@@ -255,44 +293,73 @@ fn map_into<const N: usize>(
         return Some(());
     }
     let strides: Vec<&[usize]> = inputs.iter().map(|v| v.strides.as_slice()).collect();
-    let (cd, cs) = coalesce(dims, &strides);
+    let (mut cd, mut cs) = coalesce(dims, &strides);
+    split_long_run(&mut cd, &mut cs);
     let (outer, inner) = match cd.split_last() {
         Some((&inner, outer)) => (outer.to_vec(), inner),
         None => (Vec::new(), 1),
     };
     let inner_strides: Vec<usize> = cs.iter().map(|s| s.last().copied().unwrap_or(0)).collect();
-    let mut bufs = [[0f32; RUN]; N];
-    let mut res = [0f32; RUN];
-    let mut counter = vec![0usize; outer.len()];
-    let mut starts: Vec<usize> = inputs.iter().map(|v| v.offset).collect();
-    let mut pos = 0;
-    for _ in 0..out.len() / inner {
-        let mut done = 0;
-        while done < inner {
-            let len = RUN.min(inner - done);
-            for (k, view) in inputs.iter().enumerate() {
-                let s = inner_strides[k];
-                view.load(starts[k] + done * s, s, &mut bufs[k][..len]);
-            }
-            let ins: [&[f32]; N] = std::array::from_fn(|k| &bufs[k][..len]);
-            f(ins, &mut res[..len]);
-            narrow(&res[..len], &mut out[pos..pos + len]);
-            pos += len;
-            done += len;
-        }
+    // Rows `first_row ..` (runs of `inner` outputs) into `piece`.
+    let rows_into = |first_row: usize, piece: &mut [f16]| {
+        let mut counter = vec![0usize; outer.len()];
+        let mut rest = first_row;
         for d in (0..outer.len()).rev() {
-            counter[d] += 1;
-            for (k, s) in starts.iter_mut().enumerate() {
-                *s += cs[k][d];
-            }
-            if counter[d] < outer[d] {
-                break;
-            }
-            for (k, s) in starts.iter_mut().enumerate() {
-                *s -= cs[k][d] * outer[d];
-            }
-            counter[d] = 0;
+            counter[d] = rest % outer[d];
+            rest /= outer[d];
         }
+        let mut starts: Vec<usize> = inputs
+            .iter()
+            .enumerate()
+            .map(|(k, v)| {
+                v.offset
+                    + counter
+                        .iter()
+                        .zip(&cs[k])
+                        .map(|(c, s)| c * s)
+                        .sum::<usize>()
+            })
+            .collect();
+        let mut bufs = [[0f32; RUN]; N];
+        let mut res = [0f32; RUN];
+        let mut pos = 0;
+        for _ in 0..piece.len() / inner {
+            let mut done = 0;
+            while done < inner {
+                let len = RUN.min(inner - done);
+                for (k, view) in inputs.iter().enumerate() {
+                    let s = inner_strides[k];
+                    view.load(starts[k] + done * s, s, &mut bufs[k][..len]);
+                }
+                let ins: [&[f32]; N] = std::array::from_fn(|k| &bufs[k][..len]);
+                f(ins, &mut res[..len]);
+                narrow(&res[..len], &mut piece[pos..pos + len]);
+                pos += len;
+                done += len;
+            }
+            for d in (0..outer.len()).rev() {
+                counter[d] += 1;
+                for (k, s) in starts.iter_mut().enumerate() {
+                    *s += cs[k][d];
+                }
+                if counter[d] < outer[d] {
+                    break;
+                }
+                for (k, s) in starts.iter_mut().enumerate() {
+                    *s -= cs[k][d] * outer[d];
+                }
+                counter[d] = 0;
+            }
+        }
+    };
+    let rows = out.len() / inner;
+    if out.len() < PARALLEL_MIN || rows < 2 {
+        rows_into(0, out);
+    } else {
+        let per_task = rows.div_ceil(crate::kernels::pool::threads() * 4).max(1);
+        crate::kernels::pool::parallel_chunks_mut(out, per_task * inner, |i, piece| {
+            rows_into(i * per_task, piece)
+        });
     }
     Some(())
 }
@@ -301,7 +368,7 @@ fn map_into<const N: usize>(
 /// row-major order and that shape. `None` when an input is not a CPU fp16 tensor or the shapes do not broadcast.
 pub(crate) fn map_values<const N: usize>(
     inputs: [&Tensor; N],
-    f: impl FnMut([&[f32]; N], &mut [f32]),
+    f: impl Fn([&[f32]; N], &mut [f32]) + Sync,
 ) -> Option<(Vec<f16>, Vec<usize>)> {
     let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.dims()).collect();
     let dims = crate::ops::broadcast_shapes(&shapes)?;
@@ -323,7 +390,7 @@ pub(crate) fn map_values<const N: usize>(
 /// when an input is not a CPU fp16 tensor or the shapes do not broadcast (the caller then uses candle's ops).
 pub(crate) fn map_elementwise<const N: usize>(
     inputs: [&Tensor; N],
-    f: impl Fn([f32; N]) -> f32,
+    f: impl Fn([f32; N]) -> f32 + Sync,
 ) -> Option<Tensor> {
     let (values, dims) = map_values(inputs, |ins, res| {
         for (i, r) in res.iter_mut().enumerate() {
