@@ -486,10 +486,14 @@ fn packed_pointwise_conv(ctx: &OpCtx<'_>, x: &Tensor) -> Result<Option<Tensor>> 
     let batch = x.dims()[0];
     let spatial = &x.dims()[2..];
     let len: usize = spatial.iter().product();
-    let items = (0..batch)
-        .map(|b| packed_product(w, &x.get(b)?.reshape((w.cols(), len))?))
-        .collect::<Result<Vec<_>>>()?;
-    let mut out = Tensor::stack(&items, 0)?;
+    let mut out = if batch == 1 {
+        packed_product(w, &x.reshape((w.cols(), len))?)?
+    } else {
+        let items = (0..batch)
+            .map(|b| packed_product(w, &x.get(b)?.reshape((w.cols(), len))?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&items, 0)?
+    };
     let mut out_shape = vec![batch, w.rows()];
     out_shape.extend_from_slice(spatial);
     out = out.reshape(out_shape)?;
