@@ -33,6 +33,8 @@ struct Pool {
     wake: Condvar,
     /// Serialises calls from different threads.
     call: Mutex<()>,
+    /// The panic of a task of the running call, re-raised on the caller once every task has finished.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 static POOL: OnceLock<&'static Pool> = OnceLock::new();
@@ -72,6 +74,7 @@ fn pool() -> &'static Pool {
             lock: Mutex::new(()),
             wake: Condvar::new(),
             call: Mutex::new(()),
+            panic: Mutex::new(None),
         }));
         for i in 0..pool.workers {
             let spawned = std::thread::Builder::new()
@@ -113,7 +116,15 @@ impl Pool {
             }
             // SAFETY: the claim succeeded, so the job of this generation is unfinished and its caller is still
             // waiting in `parallel_for`, keeping `job` alive; it was published before the ticket we read.
-            unsafe { ((*job).run)(next) };
+            let run = unsafe { (*job).run };
+            // A panicking task must still count as done, or the caller would wait forever (or, if the caller's
+            // own task panicked, leave while others still use its job).
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(next)))
+            {
+                let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(payload);
+            }
             self.done.fetch_add(1, Ordering::AcqRel);
             ran = true;
         }
@@ -182,6 +193,10 @@ pub fn parallel_for(tasks: usize, f: impl Fn(usize) + Sync) {
     while pool.done.load(Ordering::Acquire) < tasks {
         std::hint::spin_loop();
     }
+    let panicked = pool.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(payload) = panicked {
+        std::panic::resume_unwind(payload);
+    }
 }
 
 /// Runs `f(i, chunk_i)` for the consecutive `chunk`-element pieces of `out` (the last may be shorter) on the
@@ -230,6 +245,26 @@ mod tests {
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
         }
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_after_the_others_finish() {
+        let finished = AtomicUsize::new(0);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parallel_for(8, |i| {
+                if i == 3 {
+                    panic!("task 3 fails");
+                }
+                finished.fetch_add(1, Ordering::Relaxed);
+            });
+        }));
+        assert!(caught.is_err());
+        assert_eq!(finished.load(Ordering::Relaxed), 7);
+        let hits = AtomicUsize::new(0);
+        parallel_for(4, |_| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 4, "the pool still works");
     }
 
     #[test]
