@@ -163,6 +163,10 @@ fn dot(row: &[f16], x: &[f32]) -> f32 {
         // SAFETY: the feature was just detected; both slices have `row.len()` elements.
         return unsafe { dot_avx512(row, x) };
     }
+    dot_portable(row, x)
+}
+
+fn dot_portable(row: &[f16], x: &[f32]) -> f32 {
     let mut acc = [0f32; 4];
     for (i, (w, v)) in row.iter().zip(x).enumerate() {
         acc[i % 4] += w.to_f32() * v;
@@ -226,6 +230,12 @@ mod tests {
                 }
             }
             assert_eq!(w.to_dense()[cols + 1], values[cols + 1].to_f32());
+            // The portable row kernel, which `matmul` bypasses on CPUs with AVX-512.
+            let xs: Vec<f32> = (0..cols).map(|c| x[c * m]).collect();
+            let want: f64 = (0..cols)
+                .map(|c| f64::from(values[c].to_f32()) * f64::from(xs[c]))
+                .sum();
+            assert!((f64::from(dot_portable(&values[..cols], &xs)) - want).abs() < 1e-3);
         }
         assert!(F16Matrix::new(2, 3, &[f16::ZERO; 5], &arena).is_err());
     }

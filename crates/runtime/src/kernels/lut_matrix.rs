@@ -604,6 +604,7 @@ mod tests {
             }
         }
         check(96, 192, 8, 96, 1, false);
+        check(64, 130, 8, 8, 3, false);
         check(96, 192, 4, 32, 2, false);
         check(130, 128, 8, 1, 1, true);
     }
