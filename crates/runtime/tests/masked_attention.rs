@@ -5,15 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use candle_core::{DType, Device, Tensor};
 use candle_coreml_format::mil::{
-    Binding, Block, DataType, Function, NamedType, TensorData, Value, ValueData, ValueType,
+    Binding, DataType, Function, NamedType, TensorData, Value, ValueData, ValueType,
 };
 use candle_coreml_runtime::consts::ConstCache;
 use candle_coreml_runtime::FunctionPlan;
-use common::{boolean, ints, name, op, values};
+use common::{boolean, function, ints, name, op, values};
 
 const G: usize = 2;
 const R: usize = 2;
@@ -108,21 +106,16 @@ fn program(t: usize) -> Function {
         ("out", &[1, h, t64, d]),
         f16,
     ));
-    Function {
-        inputs: vec![
+    function(
+        vec![
             input("q", &[1, H, t, D]),
             input("k", &[G, S, D]),
             input("v", &[G, S, D]),
             input("mask", &[1, 1, t, S]),
         ],
-        opset: "CoreML8".into(),
-        attributes: BTreeMap::new(),
-        block: Block {
-            inputs: Vec::new(),
-            operations: ops,
-            outputs: vec!["out".into()],
-        },
-    }
+        ops,
+        &["out"],
+    )
 }
 
 /// fp16 tensor of `shape` with values `f(flat index)`.

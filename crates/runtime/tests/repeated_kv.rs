@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use candle_core::{Device, Tensor};
-use candle_coreml_format::mil::{Block, DataType, Function, NamedType, ValueType};
+use candle_coreml_format::mil::{DataType, Function, NamedType, ValueType};
 use candle_coreml_runtime::consts::ConstCache;
 use candle_coreml_runtime::FunctionPlan;
-use common::{boolean, ints, name, op, values};
+use common::{boolean, function, ints, name, op, values};
 
 const G: usize = 2;
 const R: usize = 2;
@@ -61,8 +59,8 @@ fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize], dtype: Dat
             dtype,
         ),
     ];
-    Function {
-        inputs: vec![
+    function(
+        vec![
             NamedType {
                 name: "x".into(),
                 ty: ValueType::tensor(dtype, &dims(x_shape)),
@@ -72,14 +70,9 @@ fn program(x_shape: &[usize], transpose_y: bool, out_shape: &[usize], dtype: Dat
                 ty: ValueType::tensor(dtype, &[g, s, d]),
             },
         ],
-        opset: "CoreML8".into(),
-        attributes: BTreeMap::new(),
-        block: Block {
-            inputs: Vec::new(),
-            operations: ops,
-            outputs: vec!["out".into()],
-        },
-    }
+        ops,
+        &["out"],
+    )
 }
 
 /// Distinct small values 1, 2, 3, ... (exact in f32 products and sums).

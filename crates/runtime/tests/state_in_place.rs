@@ -8,12 +8,11 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_coreml_format::mil::{
-    Binding, Block, DataType, Function, NamedType, Operation, TensorData, Value, ValueData,
-    ValueType,
+    Binding, DataType, Function, NamedType, Operation, TensorData, Value, ValueData, ValueType,
 };
 use candle_coreml_runtime::consts::ConstCache;
 use candle_coreml_runtime::{CoreMLModel, FunctionPlan};
-use common::{fixture, values};
+use common::{fixture, function, values};
 
 fn ints(v: &[i64]) -> Binding {
     Binding::Value(Value {
@@ -86,8 +85,8 @@ fn program(view_used_after_update: bool) -> Function {
         &[("x", name(out_src)), ("y", zero)],
         &[("out", out_shape)],
     ));
-    Function {
-        inputs: vec![
+    function(
+        vec![
             NamedType {
                 name: "u".into(),
                 ty: ValueType::tensor(DataType::Float32, &[1, 3]),
@@ -97,14 +96,9 @@ fn program(view_used_after_update: bool) -> Function {
                 ty: ValueType::State(Box::new(ValueType::tensor(DataType::Float32, &[2, 3]))),
             },
         ],
-        opset: "CoreML8".into(),
-        attributes: BTreeMap::new(),
-        block: Block {
-            inputs: Vec::new(),
-            operations: ops,
-            outputs: vec!["out".into()],
-        },
-    }
+        ops,
+        &["out"],
+    )
 }
 
 #[test]

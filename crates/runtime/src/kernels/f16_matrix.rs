@@ -1,8 +1,6 @@
 //! Dense fp16 weight matrices in kernel memory: a decode step widens each row to f32 in registers while it
 //! multiplies (2 bytes read per weight, no f32 copy), a prefill widens blocks of rows once and uses a GEMM.
 
-use std::cell::RefCell;
-
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -14,12 +12,6 @@ use crate::error::{program_error, Result};
 /// sequential streams and no idle tail waiting for the last small task (about +10 % decode speed over eight
 /// dynamically claimed tasks per thread on the 2-core benchmark machine).
 const MIN_ROWS_PER_TASK: usize = 16;
-/// Rows widened at a time for a matrix-matrix product.
-const GEMM_BLOCK_ROWS: usize = 64;
-
-thread_local! {
-    static WIDE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 /// A row-major fp16 matrix (see the module docs).
 pub struct F16Matrix {
@@ -109,38 +101,9 @@ impl F16Matrix {
             });
             return Ok(());
         }
-        parallel_chunks_mut(out, GEMM_BLOCK_ROWS * m, |block, dst| {
-            let r0 = block * GEMM_BLOCK_ROWS;
-            let n = dst.len() / m;
-            WIDE_ROWS.with(|scratch| {
-                let mut wide = scratch.borrow_mut();
-                wide.resize(n * cols, 0.0);
-                w[r0 * cols..(r0 + n) * cols].convert_to_f32_slice(&mut wide);
-                // SAFETY: `wide` is [n, cols], `x` is [cols, m] and `dst` is [n, m], all row-major and live.
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        m,
-                        cols,
-                        dst.as_mut_ptr(),
-                        1,
-                        m as isize,
-                        false,
-                        wide.as_ptr(),
-                        1,
-                        cols as isize,
-                        x.as_ptr(),
-                        1,
-                        m as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
+        super::widened_row_blocks_product(cols, x, m, out, |r0, block| {
+            let n = block.len() / cols;
+            w[r0 * cols..(r0 + n) * cols].convert_to_f32_slice(block);
         });
         Ok(())
     }

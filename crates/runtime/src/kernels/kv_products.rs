@@ -8,6 +8,8 @@ use std::cell::RefCell;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::gemm_f32;
+
 /// From this many rows on, the head is widened to f32 once and multiplied with a GEMM.
 const GEMM_ROWS: usize = 8;
 
@@ -23,7 +25,7 @@ pub fn scores(x: &[f32], m: usize, kv: &[f16], s: usize, d: usize, used: usize, 
     out.fill(0.0);
     if m >= GEMM_ROWS {
         // out[:, ..used] = x · kv^T: kv^T is kv [used, d] read with row stride 1 and column stride d.
-        return widened(kv, |w| gemm_f32(m, used, d, x, d, 1, w, 1, d, out, s));
+        return widened(kv, |w| gemm_f32(m, used, d, x, (d, 1), w, (1, d), out, s));
     }
     #[cfg(target_arch = "x86_64")]
     if d > 0 && d.is_multiple_of(16) && is_x86_feature_detected!("avx512f") {
@@ -51,7 +53,7 @@ pub fn weighted_sum(
     debug_assert!(x.len() == m * s && kv.len() == s * d && out.len() == m * d && used <= s);
     let kv = &kv[..used * d];
     if m >= GEMM_ROWS {
-        return widened(kv, |w| gemm_f32(m, d, used, x, s, 1, w, d, 1, out, d));
+        return widened(kv, |w| gemm_f32(m, d, used, x, (s, 1), w, (d, 1), out, d));
     }
     #[cfg(target_arch = "x86_64")]
     if d > 0 && d.is_multiple_of(16) && is_x86_feature_detected!("avx512f") {
@@ -77,54 +79,6 @@ fn widened(kv: &[f16], f: impl FnOnce(&[f32])) {
         kv.convert_to_f32_slice(&mut buf);
         f(&buf);
     });
-}
-
-/// `out [m, n] = a [m, k] · b [k, n]` with `a` and `b` given by row and column strides; `out` has row stride
-/// `out_rs`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-    out: &mut [f32],
-    out_rs: usize,
-) {
-    if n == 0 || k == 0 {
-        for row in out.chunks_mut(out_rs).take(m) {
-            row[..n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: callers pass slices holding exactly the [m, k], [k, n] and [m, n] operands these strides walk.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            out_rs as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

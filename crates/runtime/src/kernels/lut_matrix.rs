@@ -7,7 +7,6 @@
 //! Tables are padded to 16 or 256 entries.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 
 use super::arena::{ArenaBytes, WeightArena};
 use super::pool::parallel_chunks_mut;
@@ -17,8 +16,6 @@ use crate::error::{program_error, Result};
 /// sequential streams and no idle tail waiting for the last small task (about +10 % decode speed over eight
 /// dynamically claimed tasks per thread on the 2-core benchmark machine).
 const MIN_ROWS_PER_TASK: usize = 16;
-/// Rows de-palettised at a time for a matrix-matrix product (their f32 copy stays in L2).
-const GEMM_BLOCK_ROWS: usize = 64;
 
 /// Width of the stored indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +72,6 @@ impl std::fmt::Debug for LutMatrix {
             .field("rows_per_table", &self.rows_per_table)
             .finish()
     }
-}
-
-thread_local! {
-    static DEQUANT_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl LutMatrix {
@@ -311,45 +304,13 @@ impl LutMatrix {
     }
 
     fn gemm(&self, x: &[f32], m: usize, out: &mut [f32], simd: Option<SimdKernel<'_>>) {
-        let cols = self.cols;
-        parallel_chunks_mut(out, GEMM_BLOCK_ROWS * m, |block, dst| {
-            let r0 = block * GEMM_BLOCK_ROWS;
-            let n = dst.len() / m;
-            DEQUANT_SCRATCH.with(|scratch| {
-                let mut w = scratch.borrow_mut();
-                w.resize(n * cols, 0.0);
-                for (i, row) in w.chunks_exact_mut(cols).enumerate() {
-                    match simd {
-                        Some(k) => k.dequantize_row(self, r0 + i, row),
-                        None => self.dequantize_row(r0 + i, row),
-                    }
+        super::widened_row_blocks_product(self.cols, x, m, out, |r0, block| {
+            for (i, row) in block.chunks_exact_mut(self.cols).enumerate() {
+                match simd {
+                    Some(k) => k.dequantize_row(self, r0 + i, row),
+                    None => self.dequantize_row(r0 + i, row),
                 }
-                // SAFETY: `w` is [n, cols], `x` is [cols, m] and `dst` is [n, m], all row-major and live; the
-                // strides below describe exactly those layouts.
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        m,
-                        cols,
-                        dst.as_mut_ptr(),
-                        1,
-                        m as isize,
-                        false,
-                        w.as_ptr(),
-                        1,
-                        cols as isize,
-                        x.as_ptr(),
-                        1,
-                        m as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
+            }
         });
     }
 

@@ -10,7 +10,90 @@ pub mod pool;
 #[cfg(target_arch = "x86_64")]
 mod lut_avx512;
 
+use std::cell::RefCell;
+
 use crate::error::Result;
+
+/// Rows widened to f32 at a time by [`widened_row_blocks_product`] (their f32 copy stays in L2).
+const GEMM_BLOCK_ROWS: usize = 64;
+
+thread_local! {
+    static WIDE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out [m, n] = a [m, k] · b [k, n]` in f32 on the calling thread, with `a` and `b` given by row and column
+/// strides and `out` row-major with row stride `out_rs`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    out: &mut [f32],
+    out_rs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in out.chunks_mut(out_rs).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    let a_end = (m - 1) * a_rs + (k - 1) * a_cs;
+    let b_end = (k - 1) * b_rs + (n - 1) * b_cs;
+    let out_end = (m - 1) * out_rs + n - 1;
+    assert!(a_end < a.len() && b_end < b.len() && out_end < out.len() && n <= out_rs);
+    // SAFETY: the assertion above keeps every element the strides reach inside the three slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_rs as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `out [rows, m] = W · x` for `x [cols, m]` on the kernel threads, where `widen(r0, block)` writes rows
+/// `r0..r0 + block.len() / cols` of `W` as f32 into `block`: blocks of rows are widened into a per-thread buffer and
+/// multiplied with a GEMM.
+pub fn widened_row_blocks_product(
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    widen: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    pool::parallel_chunks_mut(out, GEMM_BLOCK_ROWS * m, |block, dst| {
+        let n = dst.len() / m;
+        WIDE_ROWS.with(|scratch| {
+            let mut wide = scratch.borrow_mut();
+            wide.resize(n * cols, 0.0);
+            widen(block * GEMM_BLOCK_ROWS, &mut wide);
+            gemm_f32(n, m, cols, &wide, (cols, 1), x, (m, 1), dst, m);
+        });
+    });
+}
 
 /// A weight matrix kept in a kernel's layout: palettised or dense fp16.
 #[derive(Debug)]

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_coreml_format::mil::{
-    Binding, DataType, NamedType, Operation, TensorData, Value as MilValue, ValueData, ValueType,
+    Binding, Block, DataType, Function, NamedType, Operation, TensorData, Value as MilValue,
+    ValueData, ValueType,
 };
 use serde_json::Value;
 
@@ -127,5 +128,19 @@ pub fn op(
         }],
         attributes: BTreeMap::new(),
         blocks: Vec::new(),
+    }
+}
+
+/// A CoreML8 function of `inputs` running `operations` and returning the values named in `outputs`.
+pub fn function(inputs: Vec<NamedType>, operations: Vec<Operation>, outputs: &[&str]) -> Function {
+    Function {
+        inputs,
+        opset: "CoreML8".into(),
+        attributes: BTreeMap::new(),
+        block: Block {
+            inputs: Vec::new(),
+            operations,
+            outputs: outputs.iter().map(|o| o.to_string()).collect(),
+        },
     }
 }
