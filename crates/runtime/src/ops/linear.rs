@@ -210,7 +210,13 @@ fn repeated_kv_product(ctx: &OpCtx<'_>, x: &Tensor, kv: &Tensor, rep: usize) -> 
     let y = if transpose_y { kv.t()? } else { kv.clone() };
     let k = y.dims()[1];
     match *x.dims() {
-        [1, h, t, kx] if !transpose_x && h == g * rep && kx == k && kv.dtype() == DType::F16 => {
+        [1, h, t, kx]
+            if !transpose_x
+                && h == g * rep
+                && kx == k
+                && kv.dtype() == DType::F16
+                && kv.device().is_cpu() =>
+        {
             let (rows, n) = (rep * t, y.dims()[2]);
             let xs = f32_values(x)?;
             let kv = kv.contiguous()?;

@@ -73,7 +73,7 @@ struct Lowering<'f> {
     env: HashMap<String, Arg>,
     /// `const` op outputs, materialised only where a run-time op uses them (constexpr ops read them directly).
     const_values: HashMap<String, (&'f Value, ValueType)>,
-    /// Values used only as `conv`/`linear` weights: palettised ones are kept packed.
+    /// Values used only as `conv`/`linear` weights: on the CPU, palettised and fp16 ones are kept packed.
     weight_only: HashSet<String>,
     slot_count: usize,
 }
@@ -335,7 +335,7 @@ impl<'f> Lowering<'f> {
     /// The fp16 weight blob `name`, when it is only ever a `conv`/`linear` weight (of rank 2 or more), as a
     /// dense fp16 matrix in kernel memory; `None` for anything else.
     fn pack_dense_weight(&self, name: &str) -> Result<Option<Arg>> {
-        if !self.weight_only.contains(name) {
+        if !self.device.is_cpu() || !self.weight_only.contains(name) {
             return Ok(None);
         }
         let (Some((value, ty)), Some(weights)) = (self.const_values.get(name), self.weights) else {
@@ -370,7 +370,7 @@ impl<'f> Lowering<'f> {
     /// Evaluates a `constexpr_*` op at load; its output becomes a constant.
     fn eval_constexpr(&mut self, op: &'f Operation) -> Result<()> {
         let op_name = op_display_name(op);
-        if op.op_type == "constexpr_lut_to_dense" {
+        if op.op_type == "constexpr_lut_to_dense" && self.device.is_cpu() {
             if let Some(out) = op
                 .outputs
                 .first()
