@@ -56,18 +56,18 @@ fn chunk_column(p: usize, width: IndexWidth) -> usize {
     }
 }
 
-/// `x [cols, m]` with the rows of every whole chunk permuted into kernel order.
-pub fn to_kernel_order(x: &[f32], cols: usize, m: usize, width: IndexWidth) -> Vec<f32> {
+/// `x [cols, m]` with the rows of every whole chunk permuted into kernel order, written to `out`.
+pub fn to_kernel_order(x: &[f32], cols: usize, m: usize, width: IndexWidth, out: &mut Vec<f32>) {
     let chunk = chunk_len(width);
-    let order: Vec<usize> = (0..chunk).map(|p| chunk_column(p, width)).collect();
-    let mut out = x.to_vec();
+    out.clear();
+    out.extend_from_slice(x);
     for c in 0..cols / chunk {
-        for (p, &col) in order.iter().enumerate() {
+        for p in 0..chunk {
+            let col = chunk_column(p, width);
             let (dst, src) = ((c * chunk + p) * m, (c * chunk + col) * m);
             out[dst..dst + m].copy_from_slice(&x[src..src + m]);
         }
     }
-    out
 }
 
 /// `out[i] = row(r0 + i) . x` for `x` in kernel order.

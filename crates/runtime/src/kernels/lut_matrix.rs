@@ -6,7 +6,7 @@
 //! nibble of byte `i` and element `2i + 1` in the high nibble (the order of Core ML's packed blobs).
 //! Tables are padded to 16 or 256 entries.
 
-use std::borrow::Cow;
+use std::cell::RefCell;
 
 use super::arena::{ArenaBytes, WeightArena};
 use super::pool::parallel_chunks_mut;
@@ -16,6 +16,11 @@ use crate::error::{program_error, Result};
 /// sequential streams and no idle tail waiting for the last small task (about +10 % decode speed over eight
 /// dynamically claimed tasks per thread on the 2-core benchmark machine).
 const MIN_ROWS_PER_TASK: usize = 16;
+
+thread_local! {
+    /// The operand of the running product in kernel order, reused from call to call.
+    static KERNEL_ORDER_OPERAND: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Width of the stored indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,16 +279,23 @@ impl LutMatrix {
                 out.len()
             )));
         }
-        let simd = self.simd();
-        let x: Cow<'_, [f32]> = match simd {
-            Some(k) => Cow::Owned(k.to_kernel_order(x, self.cols, m)),
-            None => Cow::Borrowed(x),
+        let Some(simd) = self.simd() else {
+            if m == 1 {
+                self.gemv(x, out, None);
+            } else {
+                self.gemm(x, m, out, None);
+            }
+            return Ok(());
         };
-        if m == 1 {
-            self.gemv(&x, out, simd);
-        } else {
-            self.gemm(&x, m, out, simd);
-        }
+        KERNEL_ORDER_OPERAND.with(|buf| {
+            let mut xk = buf.borrow_mut();
+            simd.to_kernel_order(x, self.cols, m, &mut xk);
+            if m == 1 {
+                self.gemv(&xk, out, Some(simd));
+            } else {
+                self.gemm(&xk, m, out, Some(simd));
+            }
+        });
         Ok(())
     }
 
@@ -343,8 +355,8 @@ struct SimdKernel<'a> {
 
 #[cfg(target_arch = "x86_64")]
 impl SimdKernel<'_> {
-    fn to_kernel_order(self, x: &[f32], cols: usize, m: usize) -> Vec<f32> {
-        super::lut_avx512::to_kernel_order(x, cols, m, self.width)
+    fn to_kernel_order(self, x: &[f32], cols: usize, m: usize, out: &mut Vec<f32>) {
+        super::lut_avx512::to_kernel_order(x, cols, m, self.width, out)
     }
 
     fn dot_rows(self, w: &LutMatrix, r0: usize, x: &[f32], out: &mut [f32]) {
@@ -358,8 +370,9 @@ impl SimdKernel<'_> {
 
 #[cfg(not(target_arch = "x86_64"))]
 impl SimdKernel<'_> {
-    fn to_kernel_order(self, x: &[f32], _cols: usize, _m: usize) -> Vec<f32> {
-        x.to_vec()
+    fn to_kernel_order(self, x: &[f32], _cols: usize, _m: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(x);
     }
 
     fn dot_rows(self, w: &LutMatrix, r0: usize, x: &[f32], out: &mut [f32]) {
