@@ -9,24 +9,22 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{Device, Tensor};
 use candle_coreml_format::blob::WeightStore;
-use candle_coreml_format::mil::{
-    Binding, DataType, Dim, Function, Operation, TensorData, Value, ValueData, ValueType,
-};
+use candle_coreml_format::mil::{Binding, DataType, Dim, Function, Operation, Value, ValueType};
 
 use crate::consts::{
-    host_from_tensor, host_from_value, materialise, ConstCache, ConstValue, HostArray, HostData,
+    host_from_tensor, host_from_value, materialise, ConstCache, ConstValue, HostArray,
 };
 use crate::dtype::{storage_dtype, to_interface, to_storage};
 use crate::error::{program_error, Result, RuntimeError};
-use crate::kernels::f16_matrix::F16Matrix;
-use crate::kernels::lut_matrix::{IndexSource, LutMatrix};
-use crate::kernels::PackedMatrix;
-use crate::ops::constexpr::{const_kernels, lut_packing, ConstCtx};
+use crate::ops::constexpr::{const_kernels, ConstCtx};
 use crate::ops::{kernels, Arg, OpCtx, Operand, Step};
 use crate::state::{ModelState, StateDecl};
 
 mod attention;
 mod fusion;
+mod packing;
+
+use packing::{value_key, weight_only_values};
 
 /// A tensor input of a planned function.
 #[derive(Debug, Clone)]
@@ -76,77 +74,6 @@ struct Lowering<'f> {
     /// Values used only as `conv`/`linear` weights: on the CPU, palettised and fp16 ones are kept packed.
     weight_only: HashSet<String>,
     slot_count: usize,
-}
-
-/// Names of the values `function` uses only as the `weight` of `linear` ops or of `conv` ops that are plain
-/// matrix products (see [`conv_is_pointwise`]).
-fn weight_only_values(function: &Function) -> HashSet<String> {
-    let ops = &function.block.operations;
-    let consts: HashMap<&str, &Value> = ops
-        .iter()
-        .filter(|op| op.op_type == "const")
-        .filter_map(|op| Some((op.outputs.first()?.name.as_str(), op.constant("val")?)))
-        .collect();
-    let types: HashMap<&str, &ValueType> = ops
-        .iter()
-        .flat_map(|op| op.outputs.iter().map(|o| (o.name.as_str(), &o.ty)))
-        .collect();
-    let mut weights = HashSet::new();
-    let mut others: HashSet<&str> = function.block.outputs.iter().map(String::as_str).collect();
-    for op in ops {
-        for (param, bindings) in &op.inputs {
-            for binding in bindings {
-                if let Binding::Name(n) = binding {
-                    let matrix_weight = param == "weight"
-                        && match op.op_type.as_str() {
-                            "linear" => true,
-                            "conv" => types
-                                .get(n.as_str())
-                                .is_some_and(|ty| conv_is_pointwise(op, ty, &consts)),
-                            _ => false,
-                        };
-                    if matrix_weight {
-                        weights.insert(n.clone());
-                    } else {
-                        others.insert(n);
-                    }
-                }
-            }
-        }
-    }
-    weights.retain(|n| !others.contains(n.as_str()));
-    weights
-}
-
-/// True when `conv` with a weight of type `weight` is a matrix product: 1×1 kernel, one group, unit strides, no
-/// padding (constant parameters only).
-fn conv_is_pointwise(op: &Operation, weight: &ValueType, consts: &HashMap<&str, &Value>) -> bool {
-    let constant = |p: &str| -> Option<&Value> {
-        match op.inputs.get(p).map(Vec::as_slice) {
-            Some([Binding::Value(v)]) => Some(v),
-            Some([Binding::Name(n)]) => consts.get(n.as_str()).copied(),
-            _ => op.attributes.get(p),
-        }
-    };
-    let ints = |p: &str| -> Option<Vec<i64>> {
-        match &constant(p)?.data {
-            ValueData::Tensor(TensorData::Int(v)) => Some(v.clone()),
-            _ => None,
-        }
-    };
-    let given = |p: &str| op.inputs.contains_key(p) || op.attributes.contains_key(p);
-    let unit_kernel = weight
-        .dims()
-        .is_some_and(|d| d.len() >= 3 && d[2..].iter().all(|k| *k == Dim::Fixed(1)));
-    let all =
-        |p: &str, want: i64| !given(p) || ints(p).is_some_and(|v| v.iter().all(|&x| x == want));
-    let no_padding = match constant("pad_type").and_then(Value::as_str) {
-        None => !given("pad_type") && all("pad", 0),
-        Some("valid" | "same" | "same_lower") => true,
-        Some("custom") => all("pad", 0),
-        Some(_) => false,
-    };
-    unit_kernel && all("groups", 1) && all("strides", 1) && no_padding
 }
 
 fn op_display_name(op: &Operation) -> String {
@@ -229,142 +156,6 @@ impl<'f> Lowering<'f> {
             return Ok(Some(ConstSource::Str(s.to_string())));
         }
         Ok(Some(ConstSource::Value(value)))
-    }
-
-    /// A `constexpr_lut_to_dense` whose output is only a `conv`/`linear` weight, as a packed matrix; `None` when
-    /// its parameters are not plain constants or its tables do not serve whole rows.
-    fn pack_lut(&self, op: &'f Operation, op_name: &str) -> Result<Option<ConstValue>> {
-        let Some(out) = op.outputs.first() else {
-            return Ok(None);
-        };
-        let (Some(dtype), Some(out_shape)) = (out.ty.dtype(), out.ty.fixed_shape()) else {
-            return Ok(None);
-        };
-        let out_shape: Vec<usize> = out_shape.into_iter().map(|d| d as usize).collect();
-        let source = |p: &str| -> Result<Option<&'f Value>> {
-            let binding = match op.inputs.get(p).map(Vec::as_slice) {
-                Some([b]) => Some(b),
-                Some(_) => return Ok(None),
-                None => None,
-            };
-            Ok(
-                match self.const_source(binding, op.attributes.get(p), &format!("{op_name}.{p}"))? {
-                    Some(ConstSource::Value(v)) => Some(v),
-                    _ => None,
-                },
-            )
-        };
-        let (Some(lut_value), Some(index_value)) = (source("lut")?, source("indices")?) else {
-            return Ok(None);
-        };
-        let shape_value = source("shape")?;
-        let has_shape = op.inputs.contains_key("shape") || op.attributes.contains_key("shape");
-        if has_shape && shape_value.is_none() {
-            return Ok(None);
-        }
-        let lut = host_from_value(lut_value, self.weights, &format!("{op_name}.lut"))?;
-        let shape = shape_value
-            .map(|v| host_from_value(v, self.weights, &format!("{op_name}.shape")))
-            .transpose()?;
-        let index_shape = value_shape_of(index_value);
-        let Some(packing) = lut_packing(&lut, &index_shape, shape.as_ref(), &out_shape) else {
-            return Ok(None);
-        };
-        let key = format!(
-            "packed|{}|{}|{}",
-            value_key(lut_value),
-            value_key(index_value),
-            shape_value.map(value_key).unwrap_or_default()
-        );
-        let op_error = |e: RuntimeError| RuntimeError::Op {
-            op_type: op.op_type.clone(),
-            op_name: op_name.to_string(),
-            message: e.to_string(),
-        };
-        let matrix = self.cache.packed_or_insert(&key, |arena| {
-            let pack = |source: IndexSource<'_>| {
-                LutMatrix::new(
-                    packing.rows,
-                    packing.cols,
-                    packing.bits,
-                    source,
-                    &packing.tables,
-                    packing.rows_per_table,
-                    arena,
-                )
-                .map(PackedMatrix::Lut)
-            };
-            let blob = match (&index_value.data, self.weights) {
-                (ValueData::Blob(b), Some(w)) => Some(w.resolve(b)?),
-                _ => None,
-            };
-            // Blobs of the palette's width (or iOS16 byte-packed indices) are copied as they are.
-            if let Some(blob) = blob.filter(|b| has_shape || b.dtype.bit_width() == packing.bits) {
-                return pack(IndexSource::Packed {
-                    bytes: blob.bytes(),
-                    bits: packing.bits,
-                })
-                .map(Some);
-            }
-            let host = host_from_value(index_value, self.weights, &format!("{op_name}.indices"))?;
-            let values: Vec<i16> = match &host.data {
-                HostData::Small(v) => v.clone(),
-                HostData::Int(v) => v.iter().map(|&i| i.clamp(-1, 256) as i16).collect(),
-                HostData::Float(_) => return Ok(None),
-            };
-            if has_shape {
-                let bytes: Vec<u8> = values.iter().map(|&v| v as u8).collect();
-                return pack(IndexSource::Packed {
-                    bytes: &bytes,
-                    bits: packing.bits,
-                })
-                .map(Some);
-            }
-            pack(IndexSource::Values(&values)).map(Some)
-        });
-        let Some(matrix) = matrix.map_err(op_error)? else {
-            return Ok(None);
-        };
-        Ok(Some(ConstValue::Packed {
-            matrix,
-            shape: out_shape,
-            dtype,
-        }))
-    }
-
-    /// The fp16 weight blob `name`, when it is only ever a `conv`/`linear` weight (of rank 2 or more), as a
-    /// dense fp16 matrix in kernel memory; `None` for anything else.
-    fn pack_dense_weight(&self, name: &str) -> Result<Option<Arg>> {
-        if !self.device.is_cpu() || !self.weight_only.contains(name) {
-            return Ok(None);
-        }
-        let (Some((value, ty)), Some(weights)) = (self.const_values.get(name), self.weights) else {
-            return Ok(None);
-        };
-        let ValueData::Blob(blob_ref) = &value.data else {
-            return Ok(None);
-        };
-        let shape = value_shape_of(value);
-        if value.ty.dtype() != Some(DataType::Float16) || shape.len() < 2 {
-            return Ok(None);
-        }
-        let (rows, cols) = (shape[0], shape[1..].iter().product::<usize>());
-        let key = format!("packed-f16|{}", value_key(value));
-        let matrix = self.cache.packed_or_insert(&key, |arena| {
-            let blob = weights.resolve(blob_ref)?;
-            let values = blob.as_f16()?;
-            F16Matrix::new(rows, cols, values, arena)
-                .map(|m| Some(PackedMatrix::F16(m)))
-                .map_err(|e| program_error(format!("weight `{name}`: {e}")))
-        })?;
-        Ok(matrix.map(|matrix| Arg {
-            operand: Operand::Const(ConstValue::Packed {
-                matrix,
-                shape,
-                dtype: DataType::Float16,
-            }),
-            ty: ty.clone(),
-        }))
     }
 
     /// Evaluates a `constexpr_*` op at load; its output becomes a constant.
@@ -466,23 +257,6 @@ impl<'f> Lowering<'f> {
             },
         );
         Ok(())
-    }
-}
-
-/// The fixed shape of a constant's type (empty when not fixed).
-fn value_shape_of(value: &Value) -> Vec<usize> {
-    value
-        .ty
-        .fixed_shape()
-        .map(|s| s.into_iter().map(|d| d as usize).collect())
-        .unwrap_or_default()
-}
-
-/// A cache key naming a constant: its blob reference, or its type and immediate data.
-fn value_key(value: &Value) -> String {
-    match &value.data {
-        ValueData::Blob(b) => format!("@{}:{}", b.path, b.offset),
-        other => format!("{:?}:{other:?}", value.ty),
     }
 }
 
