@@ -6,6 +6,7 @@ pub mod f16_matrix;
 pub mod kv_products;
 pub mod lut_matrix;
 pub mod pool;
+pub mod quant_matrix;
 
 #[cfg(target_arch = "x86_64")]
 mod lut_avx512;
@@ -95,13 +96,15 @@ pub fn widened_row_blocks_product(
     });
 }
 
-/// A weight matrix kept in a kernel's layout: palettised or dense fp16.
+/// A weight matrix kept in a kernel's layout: palettised, affine-quantized 8-bit, or dense fp16.
 #[derive(Debug)]
 pub enum PackedMatrix {
     /// Palettised (LUT) weights.
     Lut(lut_matrix::LutMatrix),
     /// Dense fp16 weights.
     F16(f16_matrix::F16Matrix),
+    /// Affine-quantized 8-bit weights.
+    Quant(quant_matrix::QuantMatrix),
 }
 
 impl PackedMatrix {
@@ -110,6 +113,7 @@ impl PackedMatrix {
         match self {
             PackedMatrix::Lut(m) => m.rows(),
             PackedMatrix::F16(m) => m.rows(),
+            PackedMatrix::Quant(m) => m.rows(),
         }
     }
 
@@ -118,6 +122,7 @@ impl PackedMatrix {
         match self {
             PackedMatrix::Lut(m) => m.cols(),
             PackedMatrix::F16(m) => m.cols(),
+            PackedMatrix::Quant(m) => m.cols(),
         }
     }
 
@@ -126,6 +131,7 @@ impl PackedMatrix {
         match self {
             PackedMatrix::Lut(m) => m.byte_size(),
             PackedMatrix::F16(m) => m.byte_size(),
+            PackedMatrix::Quant(m) => m.byte_size(),
         }
     }
 
@@ -134,6 +140,7 @@ impl PackedMatrix {
         match self {
             PackedMatrix::Lut(m) => m.to_dense(),
             PackedMatrix::F16(m) => m.to_dense(),
+            PackedMatrix::Quant(m) => m.to_dense(),
         }
     }
 
@@ -142,6 +149,7 @@ impl PackedMatrix {
         match self {
             PackedMatrix::Lut(w) => w.matmul(x, m, out),
             PackedMatrix::F16(w) => w.matmul(x, m, out),
+            PackedMatrix::Quant(w) => w.matmul(x, m, out),
         }
     }
 }

@@ -456,3 +456,108 @@ pub fn lut_packing(
         tables: values.clone(),
     })
 }
+
+/// How an 8-bit `constexpr_affine_dequantize` or `constexpr_blockwise_shift_scale` output maps onto a packed
+/// quantized matrix ([`crate::kernels::quant_matrix::QuantMatrix`]): rows are output dim 0, columns the product of
+/// the others, and every scale covers whole runs of columns within a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantPacking {
+    /// Rows (output dim 0).
+    pub rows: usize,
+    /// Columns (product of the other output dims).
+    pub cols: usize,
+    /// True for `int8` data, false for `uint8`.
+    pub signed: bool,
+    /// Consecutive columns sharing a scale and offset.
+    pub block: usize,
+    /// `[rows, cols / block]` scales.
+    pub scales: Vec<f32>,
+    /// `[rows, cols / block]` offsets (zero points).
+    pub offsets: Vec<f32>,
+}
+
+/// The packing of a quantized constexpr (`op_type`) from its decoded small parameters (`scale`, and `zero_point` or
+/// `offset`; `axis` for the affine form), its 8-bit data's type and shape, and its output shape; `None` when the
+/// parameters vary along the columns in a way blocks of whole columns cannot express, or for other data types (the
+/// dense path then runs, and reports any inconsistency).
+pub fn quant_packing(
+    op_type: &str,
+    data_type: DataType,
+    data_shape: &[usize],
+    params: &HashMap<String, HostArray>,
+    out_shape: &[usize],
+) -> Option<QuantPacking> {
+    let signed = match data_type {
+        DataType::Int8 => true,
+        DataType::UInt8 => false,
+        _ => return None,
+    };
+    let (&rows, rest) = out_shape.split_first()?;
+    let cols: usize = rest.iter().product();
+    if data_shape != out_shape || rows == 0 || cols == 0 {
+        return None;
+    }
+    let values =
+        |a: &HostArray| -> Vec<f32> { (0..a.data.len()).map(|i| a.data.get_f32(i)).collect() };
+    match op_type {
+        "constexpr_affine_dequantize" => {
+            let (scale, zero) = (params.get("scale")?, params.get("zero_point")?);
+            let axis = params.get("axis").map_or(0, |a| a.data.get_i64(0));
+            let axis = if axis < 0 {
+                axis + out_shape.len() as i64
+            } else {
+                axis
+            };
+            let per_row = |a: &HostArray| -> Option<Vec<f32>> {
+                match a.data.len() {
+                    1 => Some(vec![a.data.get_f32(0); rows]),
+                    n if n == rows && axis == 0 => Some(values(a)),
+                    _ => None,
+                }
+            };
+            Some(QuantPacking {
+                rows,
+                cols,
+                signed,
+                block: cols,
+                scales: per_row(scale)?,
+                offsets: per_row(zero)?,
+            })
+        }
+        "constexpr_blockwise_shift_scale" => {
+            let scale = params.get("scale")?;
+            let offset = params.get("offset");
+            let ps = &scale.shape;
+            if ps.len() != out_shape.len()
+                || ps.iter().skip(2).any(|&g| g != 1)
+                || ps
+                    .iter()
+                    .zip(out_shape)
+                    .any(|(&g, &d)| g == 0 || d % g != 0)
+                || offset.is_some_and(|o| &o.shape != ps)
+            {
+                return None;
+            }
+            let groups = ps.get(1).copied().unwrap_or(1);
+            let block = cols / groups;
+            let rows_per_param = rows / ps[0];
+            let expand = |v: Vec<f32>| -> Vec<f32> {
+                (0..rows)
+                    .flat_map(|r| {
+                        let base = r / rows_per_param * groups;
+                        v[base..base + groups].to_vec()
+                    })
+                    .collect()
+            };
+            Some(QuantPacking {
+                rows,
+                cols,
+                signed,
+                block,
+                scales: expand(values(scale)),
+                offsets: expand(offset.map_or_else(|| vec![0.0; scale.data.len()], values)),
+            })
+        }
+        _ => None,
+    }
+}

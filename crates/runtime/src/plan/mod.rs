@@ -161,13 +161,23 @@ impl<'f> Lowering<'f> {
     /// Evaluates a `constexpr_*` op at load; its output becomes a constant.
     fn eval_constexpr(&mut self, op: &'f Operation) -> Result<()> {
         let op_name = op_display_name(op);
-        if op.op_type == "constexpr_lut_to_dense" && self.device.is_cpu() {
+        let packable = matches!(
+            op.op_type.as_str(),
+            "constexpr_lut_to_dense"
+                | "constexpr_affine_dequantize"
+                | "constexpr_blockwise_shift_scale"
+        );
+        if packable && self.device.is_cpu() {
             if let Some(out) = op
                 .outputs
                 .first()
                 .filter(|o| self.weight_only.contains(&o.name))
             {
-                if let Some(packed) = self.pack_lut(op, &op_name)? {
+                let packed = match op.op_type.as_str() {
+                    "constexpr_lut_to_dense" => self.pack_lut(op, &op_name)?,
+                    _ => self.pack_quantized(op, &op_name)?,
+                };
+                if let Some(packed) = packed {
                     self.env.insert(
                         out.name.clone(),
                         Arg {

@@ -11,8 +11,9 @@ use crate::consts::{host_from_value, ConstValue, HostData};
 use crate::error::{program_error, Result, RuntimeError};
 use crate::kernels::f16_matrix::F16Matrix;
 use crate::kernels::lut_matrix::{IndexSource, LutMatrix};
+use crate::kernels::quant_matrix::{QuantMatrix, QuantParams};
 use crate::kernels::PackedMatrix;
-use crate::ops::constexpr::lut_packing;
+use crate::ops::constexpr::{lut_packing, quant_packing};
 use crate::ops::{Arg, Operand};
 
 use super::{ConstSource, Lowering};
@@ -108,6 +109,113 @@ pub(super) fn value_key(value: &Value) -> String {
 impl<'f> Lowering<'f> {
     /// A `constexpr_lut_to_dense` whose output is only a `conv`/`linear` weight, as a packed matrix; `None` when
     /// its parameters are not plain constants or its tables do not serve whole rows.
+    /// The plain constant (const op, immediate or blob) bound to parameter `p` of `op`; `None` when `p` is absent
+    /// or computed.
+    fn param_value(&self, op: &'f Operation, op_name: &str, p: &str) -> Result<Option<&'f Value>> {
+        let binding = match op.inputs.get(p).map(Vec::as_slice) {
+            Some([b]) => Some(b),
+            Some(_) => return Ok(None),
+            None => None,
+        };
+        Ok(
+            match self.const_source(binding, op.attributes.get(p), &format!("{op_name}.{p}"))? {
+                Some(ConstSource::Value(v)) => Some(v),
+                _ => None,
+            },
+        )
+    }
+
+    /// An 8-bit `constexpr_affine_dequantize` / `constexpr_blockwise_shift_scale` whose output is only a
+    /// `conv`/`linear` weight, as a packed quantized matrix; `None` when its parameters are not plain constants or
+    /// do not fit [`QuantMatrix`]'s per-row column blocks.
+    pub(super) fn pack_quantized(
+        &self,
+        op: &'f Operation,
+        op_name: &str,
+    ) -> Result<Option<ConstValue>> {
+        let Some(out) = op.outputs.first() else {
+            return Ok(None);
+        };
+        let (Some(dtype), Some(out_shape)) = (out.ty.dtype(), out.ty.fixed_shape()) else {
+            return Ok(None);
+        };
+        if !matches!(dtype, DataType::Float16 | DataType::Float32) {
+            return Ok(None);
+        }
+        let out_shape: Vec<usize> = out_shape.into_iter().map(|d| d as usize).collect();
+        let data_param = if op.op_type == "constexpr_affine_dequantize" {
+            "quantized_data"
+        } else {
+            "data"
+        };
+        let Some(data_value) = self.param_value(op, op_name, data_param)? else {
+            return Ok(None);
+        };
+        let Some(data_type) = data_value.ty.dtype() else {
+            return Ok(None);
+        };
+        let mut params = HashMap::new();
+        let mut key = format!("packed|{}|{}", op.op_type, value_key(data_value));
+        for p in ["scale", "zero_point", "offset", "axis"] {
+            let given = op.inputs.contains_key(p) || op.attributes.contains_key(p);
+            match self.param_value(op, op_name, p)? {
+                Some(v) => {
+                    key.push_str(&format!("|{p}={}", value_key(v)));
+                    params.insert(
+                        p.to_string(),
+                        host_from_value(v, self.weights, &format!("{op_name}.{p}"))?,
+                    );
+                }
+                None if given => return Ok(None),
+                None => {}
+            }
+        }
+        let Some(packing) = quant_packing(
+            &op.op_type,
+            data_type,
+            &value_shape_of(data_value),
+            &params,
+            &out_shape,
+        ) else {
+            return Ok(None);
+        };
+        let op_error = |e: RuntimeError| RuntimeError::Op {
+            op_type: op.op_type.clone(),
+            op_name: op_name.to_string(),
+            message: e.to_string(),
+        };
+        let matrix = self.cache.packed_or_insert(&key, |arena| {
+            let quant = QuantParams {
+                signed: packing.signed,
+                block: packing.block,
+                scales: packing.scales.clone(),
+                offsets: packing.offsets.clone(),
+                round_f16: dtype == DataType::Float16,
+            };
+            let pack = |bytes: &[u8]| {
+                QuantMatrix::new(packing.rows, packing.cols, bytes, quant.clone(), arena)
+                    .map(|m| Some(PackedMatrix::Quant(m)))
+            };
+            if let (ValueData::Blob(b), Some(w)) = (&data_value.data, self.weights) {
+                return pack(w.resolve(b)?.bytes());
+            }
+            let host =
+                host_from_value(data_value, self.weights, &format!("{op_name}.{data_param}"))?;
+            let bytes: Vec<u8> = (0..host.data.len())
+                .map(|i| host.data.get_i64(i) as u8)
+                .collect();
+            pack(&bytes)
+        });
+        let Some(matrix) = matrix.map_err(op_error)? else {
+            return Ok(None);
+        };
+        Ok(Some(ConstValue::Packed {
+            matrix,
+            shape: out_shape,
+            dtype,
+        }))
+    }
+
     pub(super) fn pack_lut(&self, op: &'f Operation, op_name: &str) -> Result<Option<ConstValue>> {
         let Some(out) = op.outputs.first() else {
             return Ok(None);
@@ -116,19 +224,7 @@ impl<'f> Lowering<'f> {
             return Ok(None);
         };
         let out_shape: Vec<usize> = out_shape.into_iter().map(|d| d as usize).collect();
-        let source = |p: &str| -> Result<Option<&'f Value>> {
-            let binding = match op.inputs.get(p).map(Vec::as_slice) {
-                Some([b]) => Some(b),
-                Some(_) => return Ok(None),
-                None => None,
-            };
-            Ok(
-                match self.const_source(binding, op.attributes.get(p), &format!("{op_name}.{p}"))? {
-                    Some(ConstSource::Value(v)) => Some(v),
-                    _ => None,
-                },
-            )
-        };
+        let source = |p: &str| self.param_value(op, op_name, p);
         let (Some(lut_value), Some(index_value)) = (source("lut")?, source("indices")?) else {
             return Ok(None);
         };
