@@ -239,7 +239,7 @@ fn softmax_rows(values: &mut [f32], row_len: usize) {
                     (*v - max).exp()
                 };
             }
-            let sum = fp16::sum_lanes(row);
+            let sum = fp16::sum_like_candle(row);
             let sum = if sum == 0.0 { 1.0 } else { sum };
             for v in row.iter_mut() {
                 *v /= sum;

@@ -151,8 +151,9 @@ fn l2_norm(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
 }
 
 /// Fused ANEMLL RMSNorm, `layer_norm(concat([x, -x], last axis), last axis, epsilon)[..., :N] * gamma` on fp16 `x
-/// [..., N]` (gamma optional, `[N]`): x / sqrt(mean(x²) + epsilon) in f32, rounded to fp16, then times gamma
-/// rounded to fp16, as the unfused ops round (the mean of `[x, -x]` is 0, its variance is mean(x²)).
+/// [..., N]` (gamma optional, `[N]`): (x - mean) / sqrt(var + epsilon) over `[x, -x]` in f32 (mean ≈ 0, var =
+/// mean(x²)), computed in the order and with the roundings of the unfused `layer_norm`, rounded to fp16, then times
+/// gamma rounded to fp16.
 pub fn rms_norm_of_concat(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     let x = ctx.tensor("x")?;
     let eps = ctx.float_or("epsilon", 1e-5)? as f32;
@@ -179,15 +180,25 @@ pub fn rms_norm_of_concat(ctx: &mut OpCtx<'_>) -> Result<Vec<Tensor>> {
     // 1 / (2N) as the unfused layer_norm applies it (candle divides by a scalar as a product with its inverse).
     let inv_count = (1.0 / (2 * n).max(1) as f64) as f32;
     fp16::for_row_groups(&mut values, n, |group| {
-        let mut squares = vec![0f32; n];
+        let mut both = vec![0f32; 2 * n];
+        let mut squares = vec![0f32; 2 * n];
         for row in group.chunks_exact_mut(n.max(1)) {
-            for (q, v) in squares.iter_mut().zip(row.iter()) {
+            let (pos, neg) = both.split_at_mut(n);
+            pos.copy_from_slice(row);
+            for (d, v) in neg.iter_mut().zip(row.iter()) {
+                *d = -v;
+            }
+            let mean = fp16::sum_like_candle(&both) * inv_count + 0.0;
+            for v in both.iter_mut() {
+                *v -= mean;
+            }
+            for (q, v) in squares.iter_mut().zip(&both) {
                 *q = v * v;
             }
-            let sum_sq = fp16::sum_lanes(&squares);
-            let denom = ((2.0 * sum_sq) * inv_count + eps).sqrt();
-            for v in row.iter_mut() {
-                *v /= denom;
+            let var = fp16::sum_like_candle(&squares) * inv_count + 0.0;
+            let denom = (var + eps).sqrt();
+            for (out, centred) in row.iter_mut().zip(&both) {
+                *out = centred / denom;
             }
             if let Some(g) = &gamma {
                 fp16::round_to_f16(row);

@@ -143,17 +143,31 @@ fn with_f16<R>(t: &Tensor, f: impl FnOnce(&[f16], &Layout) -> R) -> Option<R> {
     }
 }
 
-/// Sum of f32 values accumulated in eight interleaved lanes (so the additions pipeline and vectorise).
-pub(crate) fn sum_lanes(values: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = values.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v;
+/// Sum of f32 values added in the order candle-core's CPU reductions use (with AVX2: 32 interleaved lanes, combined
+/// pairwise, then the tail in order; without: one running sum), so that fused kernels round as the candle ops they
+/// replace.
+pub(crate) fn sum_like_candle(values: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        let full = values.len() & !31;
+        let (body, tail) = values.split_at(full);
+        let mut acc = [0f32; 32];
+        for chunk in body.chunks_exact(32) {
+            for (a, v) in acc.iter_mut().zip(chunk) {
+                *a += v;
+            }
         }
+        // Four 8-lane vectors: (v0 + v1) + (v2 + v3), then halves, then the two horizontal adds.
+        let v: [f32; 8] =
+            std::array::from_fn(|l| (acc[l] + acc[8 + l]) + (acc[16 + l] + acc[24 + l]));
+        let h: [f32; 4] = std::array::from_fn(|l| v[l] + v[l + 4]);
+        let mut sum = (h[0] + h[1]) + (h[2] + h[3]);
+        for t in tail {
+            sum += t;
+        }
+        return sum;
     }
-    acc.iter().sum::<f32>() + tail
+    values.iter().fold(0.0, |sum, v| sum + v)
 }
 
 /// Largest of f32 values (NaNs ignored), `-inf` for none, computed in eight interleaved lanes.
