@@ -23,6 +23,50 @@ fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// A `rows x cols` matrix of random `bits`-bit indices and fp16 tables (one per 8 rows); also returns the index
+/// bytes.
+fn random_lut(
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    arena: &WeightArena,
+    next: &mut impl FnMut() -> u64,
+) -> (LutMatrix, usize) {
+    let bytes: Vec<u8> = (0..rows * cols * bits as usize / 8)
+        .map(|_| next() as u8)
+        .collect();
+    let tables: Vec<f32> = (0..rows / 8 * (1 << bits))
+        .map(|_| half::f16::from_f32((next() % 1000) as f32 / 1e4 - 0.05).to_f32())
+        .collect();
+    let source = IndexSource::Packed {
+        bytes: &bytes,
+        bits,
+    };
+    let w = LutMatrix::new(rows, cols, bits, source, &tables, 8, arena).expect("valid matrix");
+    (w, bytes.len())
+}
+
+/// Times `product(x, m, out)` for m = 1 and 64 and prints one line each.
+fn report(
+    label: &str,
+    (rows, cols, bytes): (usize, usize, usize),
+    product: impl Fn(&[f32], usize, &mut [f32]),
+) {
+    for m in [1usize, 64] {
+        let x: Vec<f32> = (0..cols * m).map(|i| (i % 17) as f32 * 0.01).collect();
+        let mut out = vec![0f32; rows * m];
+        let secs = time(Duration::from_millis(400), || product(&x, m, &mut out));
+        println!(
+            "{:<28} {:>4} {:>10.1} {:>10.1} {:>10.1}",
+            label,
+            m,
+            secs * 1e6,
+            bytes as f64 / secs / 1e9,
+            2.0 * (rows * cols * m) as f64 / secs / 1e9
+        );
+    }
+}
+
 /// Every projection of a Qwen3-0.6B decode step (28 layers and a 16-way split LM head) as `bits`-bit LUT
 /// matrices, one matrix-vector product each: the weight-streaming floor of one token (weights far exceed the
 /// caches, as in a real decode step).
@@ -43,18 +87,9 @@ fn decode_step(bits: u32, next: &mut impl FnMut() -> u64) {
     let matrices: Vec<LutMatrix> = shapes
         .iter()
         .map(|&(rows, cols)| {
-            let bytes: Vec<u8> = (0..rows * cols * bits as usize / 8)
-                .map(|_| next() as u8)
-                .collect();
-            bytes_read += bytes.len();
-            let tables: Vec<f32> = (0..rows / 8 * (1 << bits))
-                .map(|_| half::f16::from_f32((next() % 1000) as f32 / 1e4 - 0.05).to_f32())
-                .collect();
-            let source = IndexSource::Packed {
-                bytes: &bytes,
-                bits,
-            };
-            LutMatrix::new(rows, cols, bits, source, &tables, 8, &arena).expect("valid matrix")
+            let (w, bytes) = random_lut(rows, cols, bits, &arena, next);
+            bytes_read += bytes;
+            w
         })
         .collect();
     let xs: Vec<Vec<f32>> = shapes
@@ -103,35 +138,12 @@ fn main() {
             (1024, 3072),
             (9496, 1024),
         ] {
-            let count = rows * cols;
-            let bytes: Vec<u8> = (0..count * bits as usize / 8)
-                .map(|_| next() as u8)
-                .collect();
-            let tables: Vec<f32> = (0..rows / 8 * (1 << bits))
-                .map(|_| half::f16::from_f32((next() % 1000) as f32 / 1e4 - 0.05).to_f32())
-                .collect();
-            let source = IndexSource::Packed {
-                bytes: &bytes,
-                bits,
-            };
-            let w =
-                LutMatrix::new(rows, cols, bits, source, &tables, 8, &arena).expect("valid matrix");
-            for m in [1usize, 64] {
-                let x: Vec<f32> = (0..cols * m).map(|i| (i % 17) as f32 * 0.01).collect();
-                let mut out = vec![0f32; rows * m];
-                let secs = time(Duration::from_millis(400), || {
-                    w.matmul(&x, m, &mut out).expect("shapes fit");
-                });
-                let read = (count * bits as usize / 8) as f64;
-                println!(
-                    "{:<28} {:>4} {:>10.1} {:>10.1} {:>10.1}",
-                    format!("lut{bits} {rows}x{cols}"),
-                    m,
-                    secs * 1e6,
-                    read / secs / 1e9,
-                    2.0 * (count * m) as f64 / secs / 1e9
-                );
-            }
+            let (w, bytes) = random_lut(rows, cols, bits, &arena, &mut next);
+            report(
+                &format!("lut{bits} {rows}x{cols}"),
+                (rows, cols, bytes),
+                |x, m, out| w.matmul(x, m, out).expect("shapes fit"),
+            );
         }
     }
     for (rows, cols) in [(3072usize, 1024usize), (9496, 1024)] {
@@ -139,20 +151,10 @@ fn main() {
             .map(|_| half::f16::from_f32((next() % 1000) as f32 / 1e4 - 0.05))
             .collect();
         let w = F16Matrix::new(rows, cols, &values, &arena).expect("valid matrix");
-        for m in [1usize, 64] {
-            let x: Vec<f32> = (0..cols * m).map(|i| (i % 17) as f32 * 0.01).collect();
-            let mut out = vec![0f32; rows * m];
-            let secs = time(Duration::from_millis(400), || {
-                w.matmul(&x, m, &mut out).expect("shapes fit");
-            });
-            println!(
-                "{:<28} {:>4} {:>10.1} {:>10.1} {:>10.1}",
-                format!("fp16 {rows}x{cols}"),
-                m,
-                secs * 1e6,
-                (rows * cols * 2) as f64 / secs / 1e9,
-                2.0 * (rows * cols * m) as f64 / secs / 1e9
-            );
-        }
+        report(
+            &format!("fp16 {rows}x{cols}"),
+            (rows, cols, rows * cols * 2),
+            |x, m, out| w.matmul(x, m, out).expect("shapes fit"),
+        );
     }
 }

@@ -5,13 +5,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::arena::{ArenaBytes, WeightArena};
-use super::pool::parallel_chunks_mut;
 use crate::error::{program_error, Result};
-
-/// A matrix-vector product gives each thread one contiguous share of the rows (at least this many): long
-/// sequential streams and no idle tail waiting for the last small task (about +10 % decode speed over eight
-/// dynamically claimed tasks per thread on the 2-core benchmark machine).
-const MIN_ROWS_PER_TASK: usize = 16;
 
 /// A row-major fp16 matrix (see the module docs).
 pub struct F16Matrix {
@@ -78,27 +72,10 @@ impl F16Matrix {
 
     /// `out [rows, m] = W @ x` for `x [cols, m]` (both row-major), accumulated in f32 on the kernel threads.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-        if m == 0 || x.len() != self.cols * m || out.len() != self.rows * m {
-            return Err(program_error(format!(
-                "fp16 matrix {}x{}: operand of {} values and output of {} values do not fit m = {m}",
-                self.rows,
-                self.cols,
-                x.len(),
-                out.len()
-            )));
-        }
+        super::check_product_sizes("fp16 matrix", (self.rows, self.cols), x, m, out)?;
         let (cols, w) = (self.cols, self.values());
         if m == 1 {
-            let per_task = self
-                .rows
-                .div_ceil(super::pool::threads())
-                .max(MIN_ROWS_PER_TASK);
-            parallel_chunks_mut(out, per_task, |task, chunk| {
-                let r0 = task * per_task;
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    *o = dot(&w[(r0 + i) * cols..(r0 + i + 1) * cols], x);
-                }
-            });
+            super::rows_in_shares(out, |r| dot(&w[r * cols..(r + 1) * cols], x));
             return Ok(());
         }
         super::widened_row_blocks_product(cols, x, m, out, |r0, block| {

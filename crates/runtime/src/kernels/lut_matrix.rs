@@ -12,11 +12,6 @@ use super::arena::{ArenaBytes, WeightArena};
 use super::pool::parallel_chunks_mut;
 use crate::error::{program_error, Result};
 
-/// A matrix-vector product gives each thread one contiguous share of the rows (at least this many): long
-/// sequential streams and no idle tail waiting for the last small task (about +10 % decode speed over eight
-/// dynamically claimed tasks per thread on the 2-core benchmark machine).
-const MIN_ROWS_PER_TASK: usize = 16;
-
 thread_local! {
     /// The operand of the running product in kernel order, reused from call to call.
     static KERNEL_ORDER_OPERAND: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -270,15 +265,7 @@ impl LutMatrix {
     /// `out [rows, m] = W @ x` for `x [cols, m]` (both row-major), accumulated in f32; rows are split over the
     /// kernel threads ([`super::pool`]).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-        if m == 0 || x.len() != self.cols * m || out.len() != self.rows * m {
-            return Err(program_error(format!(
-                "LUT matrix {}x{}: operand of {} values and output of {} values do not fit m = {m}",
-                self.rows,
-                self.cols,
-                x.len(),
-                out.len()
-            )));
-        }
+        super::check_product_sizes("LUT matrix", (self.rows, self.cols), x, m, out)?;
         let Some(simd) = self.simd() else {
             if m == 1 {
                 self.gemv(x, out, None);
@@ -300,8 +287,7 @@ impl LutMatrix {
     }
 
     fn gemv(&self, x: &[f32], out: &mut [f32], simd: Option<SimdKernel<'_>>) {
-        let threads = super::pool::threads();
-        let per_task = self.rows.div_ceil(threads).max(MIN_ROWS_PER_TASK);
+        let per_task = super::rows_per_share(self.rows);
         parallel_chunks_mut(out, per_task, |task, chunk| {
             let r0 = task * per_task;
             match simd {

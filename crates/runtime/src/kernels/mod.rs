@@ -13,7 +13,45 @@ mod lut_avx512;
 
 use std::cell::RefCell;
 
-use crate::error::Result;
+use crate::error::{program_error, Result};
+
+/// A matrix-vector product gives each thread one contiguous share of the rows (at least this many): long
+/// sequential streams and no idle tail waiting for the last small task (about +10 % decode speed over eight
+/// dynamically claimed tasks per thread on the 2-core benchmark machine).
+const MIN_ROWS_PER_SHARE: usize = 16;
+
+/// Rows per thread for a matrix-vector product over `rows` rows.
+pub(crate) fn rows_per_share(rows: usize) -> usize {
+    rows.div_ceil(pool::threads()).max(MIN_ROWS_PER_SHARE)
+}
+
+/// `out[r] = dot(r)` for every row, each kernel thread taking one contiguous share of the rows.
+pub(crate) fn rows_in_shares(out: &mut [f32], dot: impl Fn(usize) -> f32 + Sync) {
+    let share = rows_per_share(out.len());
+    pool::parallel_chunks_mut(out, share, |i, chunk| {
+        for (j, o) in chunk.iter_mut().enumerate() {
+            *o = dot(i * share + j);
+        }
+    });
+}
+
+/// Checks that `x` is `[cols, m]` and `out` is `[rows, m]` for the product of a `rows x cols` matrix (`what`).
+pub(crate) fn check_product_sizes(
+    what: &str,
+    (rows, cols): (usize, usize),
+    x: &[f32],
+    m: usize,
+    out: &[f32],
+) -> Result<()> {
+    if m == 0 || x.len() != cols * m || out.len() != rows * m {
+        return Err(program_error(format!(
+            "{what} {rows}x{cols}: operand of {} values and output of {} values do not fit m = {m}",
+            x.len(),
+            out.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Rows widened to f32 at a time by [`widened_row_blocks_product`] (their f32 copy stays in L2).
 const GEMM_BLOCK_ROWS: usize = 64;

@@ -4,11 +4,7 @@
 //! one byte read per weight.
 
 use super::arena::{ArenaBytes, WeightArena};
-use super::pool::parallel_chunks_mut;
 use crate::error::{program_error, Result};
-
-/// A matrix-vector product gives each thread one contiguous share of the rows (at least this many).
-const MIN_ROWS_PER_TASK: usize = 16;
 
 /// Quantization parameters of a [`QuantMatrix`].
 #[derive(Debug, Clone)]
@@ -185,25 +181,9 @@ impl QuantMatrix {
 
     /// `out [rows, m] = W @ x` for `x [cols, m]` (both row-major), accumulated in f32 on the kernel threads.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
-        if m == 0 || x.len() != self.cols * m || out.len() != self.rows * m {
-            return Err(program_error(format!(
-                "quantized matrix {}x{}: operand of {} values and output of {} values do not fit m = {m}",
-                self.rows,
-                self.cols,
-                x.len(),
-                out.len()
-            )));
-        }
+        super::check_product_sizes("quantized matrix", (self.rows, self.cols), x, m, out)?;
         if m == 1 {
-            let per_task = self
-                .rows
-                .div_ceil(super::pool::threads())
-                .max(MIN_ROWS_PER_TASK);
-            parallel_chunks_mut(out, per_task, |task, chunk| {
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    *o = self.dot_row(task * per_task + i, x);
-                }
-            });
+            super::rows_in_shares(out, |r| self.dot_row(r, x));
             return Ok(());
         }
         super::widened_row_blocks_product(self.cols, x, m, out, |r0, block| {

@@ -2,13 +2,12 @@
 //! product fed by it (directly or through reshapes that keep the KV positions last), read the softmax's mask so that both skip the KV positions the mask closes in every row
 //! (see [`KV_COLUMN_MASK_PARAM`]). A decode step then reads the filled part of the KV cache, not all of it.
 
-use std::collections::HashMap;
-
 use candle_coreml_format::mil::Dim;
 
 use crate::ops::linear::{KV_COLUMN_MASK_PARAM, KV_REPEATS_PARAM};
 use crate::ops::{Arg, Operand, Step};
 
+use super::fusion::Graph;
 use super::FunctionPlan;
 
 /// Op type of the fused masked softmax (`softmax(add(mul(scores, scale), mask))`) these products surround.
@@ -37,23 +36,8 @@ impl FunctionPlan {
     /// Gives the mask of every fused masked softmax to the grouped-query score product that is its sole input
     /// and to the grouped-query value products that take its output. Returns how many products were given one.
     pub(super) fn skip_masked_kv_positions(&mut self) -> usize {
-        let mut producer: HashMap<usize, usize> = HashMap::new();
-        let mut uses: HashMap<usize, usize> = HashMap::new();
-        for (i, step) in self.steps.iter().enumerate() {
-            for (slot, _) in &step.outputs {
-                producer.insert(*slot, i);
-            }
-            for arg in step.params.iter().flat_map(|(_, a)| a) {
-                if let Operand::Slot(s) = arg.operand {
-                    *uses.entry(s).or_default() += 1;
-                }
-            }
-        }
-        for (_, arg) in &self.outputs {
-            if let Operand::Slot(s) = arg.operand {
-                *uses.entry(s).or_default() += 1;
-            }
-        }
+        let graph = Graph::of(self);
+        let producer = |slot: usize| graph.producer.get(slot).copied().flatten();
         let mut grants: Vec<(usize, Arg)> = Vec::new();
         for (b, softmax) in self.steps.iter().enumerate() {
             if softmax.op_type != MASKED_SOFTMAX {
@@ -67,10 +51,10 @@ impl FunctionPlan {
                 continue;
             };
             // The mask must exist before the score product runs.
-            let mask_ready_by = slot_of(Some(mask)).and_then(|m| producer.get(&m).copied());
-            if let Some(&a) = producer.get(&scores) {
+            let mask_ready_by = slot_of(Some(mask)).and_then(producer);
+            if let Some(a) = producer(scores) {
                 let ready = mask_ready_by.is_none_or(|p| p < a);
-                if ready && uses.get(&scores) == Some(&1) && is_kv_product(&self.steps[a], true) {
+                if ready && graph.uses[scores].len() == 1 && is_kv_product(&self.steps[a], true) {
                     grants.push((a, mask.clone()));
                 }
             }

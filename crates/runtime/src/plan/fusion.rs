@@ -174,27 +174,7 @@ impl FunctionPlan {
     /// the declared shapes and dtypes fit, and no op between the `expand_dims` and the matmul touches a state
     /// (`kv` may view a state buffer).
     pub(super) fn fuse_repeated_kv_matmuls(&mut self) {
-        let n = self.slot_count;
-        let mut producer: Vec<Option<usize>> = vec![None; n];
-        let mut uses: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (i, step) in self.steps.iter().enumerate() {
-            for (_, args) in &step.params {
-                for a in args {
-                    if let Operand::Slot(s) = a.operand {
-                        uses[s].push(i);
-                    }
-                }
-            }
-            for (slot, _) in &step.outputs {
-                producer[*slot] = Some(i);
-            }
-        }
-        for (_, a) in &self.outputs {
-            if let Operand::Slot(s) = a.operand {
-                // An output is never an intermediate that can be skipped.
-                uses[s].push(usize::MAX);
-            }
-        }
+        let graph = Graph::of(self);
         let single_arg = |step: &Step, param: &str| step.single_arg(param).cloned();
         let slot_of = |arg: &Arg| match arg.operand {
             Operand::Slot(s) => Some(s),
@@ -206,10 +186,8 @@ impl FunctionPlan {
                 .find(|(p, _)| p == param)
                 .map(|(_, v)| v.clone())
         };
-        // The single producer of `slot` when its op is `op_type` and `user` is the slot's only use.
         let sole_producer = |slot: usize, user: usize, op_type: &str| -> Option<usize> {
-            let p = producer[slot]?;
-            (self.steps[p].op_type == op_type && uses[slot] == [user]).then_some(p)
+            graph.sole_producer(&self.steps, slot, user, op_type)
         };
         let mut removed = BTreeSet::new();
         let mut rewrites: Vec<(usize, Arg, Vec<Arg>)> = Vec::new();
@@ -292,14 +270,16 @@ impl FunctionPlan {
 }
 
 /// Who produces and who uses each slot of a plan.
-struct Graph {
-    producer: Vec<Option<usize>>,
+pub(super) struct Graph {
+    /// The step writing each slot (none for function inputs).
+    pub(super) producer: Vec<Option<usize>>,
     /// Steps reading each slot, in order; a function output counts as a use by `usize::MAX`.
-    uses: Vec<Vec<usize>>,
+    pub(super) uses: Vec<Vec<usize>>,
 }
 
 impl Graph {
-    fn of(plan: &FunctionPlan) -> Graph {
+    /// The producers and users of every slot of `plan`.
+    pub(super) fn of(plan: &FunctionPlan) -> Graph {
         let n = plan.slot_count;
         let mut producer = vec![None; n];
         let mut uses: Vec<Vec<usize>> = vec![Vec::new(); n];

@@ -125,6 +125,31 @@ impl<'f> Lowering<'f> {
         )
     }
 
+    /// The packed matrix cached under `key` (made by `make` on first use) as the constant for `op`'s output of
+    /// dense `shape` and `dtype`; `None` when `make` declines. Errors name `op`.
+    fn packed_constant(
+        &self,
+        op: &Operation,
+        op_name: &str,
+        key: &str,
+        (shape, dtype): (Vec<usize>, DataType),
+        make: impl FnOnce(&crate::kernels::arena::WeightArena) -> Result<Option<PackedMatrix>>,
+    ) -> Result<Option<ConstValue>> {
+        let matrix = self
+            .cache
+            .packed_or_insert(key, make)
+            .map_err(|e| RuntimeError::Op {
+                op_type: op.op_type.clone(),
+                op_name: op_name.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(matrix.map(|matrix| ConstValue::Packed {
+            matrix,
+            shape,
+            dtype,
+        }))
+    }
+
     /// An 8-bit `constexpr_affine_dequantize` / `constexpr_blockwise_shift_scale` whose output is only a
     /// `conv`/`linear` weight, as a packed quantized matrix; `None` when its parameters are not plain constants or
     /// do not fit [`QuantMatrix`]'s per-row column blocks.
@@ -179,12 +204,7 @@ impl<'f> Lowering<'f> {
         ) else {
             return Ok(None);
         };
-        let op_error = |e: RuntimeError| RuntimeError::Op {
-            op_type: op.op_type.clone(),
-            op_name: op_name.to_string(),
-            message: e.to_string(),
-        };
-        let matrix = self.cache.packed_or_insert(&key, |arena| {
+        self.packed_constant(op, op_name, &key, (out_shape, dtype), |arena| {
             let quant = QuantParams {
                 signed: packing.signed,
                 block: packing.block,
@@ -205,15 +225,7 @@ impl<'f> Lowering<'f> {
                 .map(|i| host.data.get_i64(i) as u8)
                 .collect();
             pack(&bytes)
-        });
-        let Some(matrix) = matrix.map_err(op_error)? else {
-            return Ok(None);
-        };
-        Ok(Some(ConstValue::Packed {
-            matrix,
-            shape: out_shape,
-            dtype,
-        }))
+        })
     }
 
     pub(super) fn pack_lut(&self, op: &'f Operation, op_name: &str) -> Result<Option<ConstValue>> {
@@ -247,12 +259,7 @@ impl<'f> Lowering<'f> {
             value_key(index_value),
             shape_value.map(value_key).unwrap_or_default()
         );
-        let op_error = |e: RuntimeError| RuntimeError::Op {
-            op_type: op.op_type.clone(),
-            op_name: op_name.to_string(),
-            message: e.to_string(),
-        };
-        let matrix = self.cache.packed_or_insert(&key, |arena| {
+        self.packed_constant(op, op_name, &key, (out_shape, dtype), |arena| {
             let pack = |source: IndexSource<'_>| {
                 LutMatrix::new(
                     packing.rows,
@@ -292,15 +299,7 @@ impl<'f> Lowering<'f> {
                 .map(Some);
             }
             pack(IndexSource::Values(&values)).map(Some)
-        });
-        let Some(matrix) = matrix.map_err(op_error)? else {
-            return Ok(None);
-        };
-        Ok(Some(ConstValue::Packed {
-            matrix,
-            shape: out_shape,
-            dtype,
-        }))
+        })
     }
 
     /// The fp16 weight blob `name`, when it is only ever a `conv`/`linear` weight (of rank 2 or more), as a
