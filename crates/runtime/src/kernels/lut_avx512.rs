@@ -42,7 +42,7 @@ fn chunk_len(width: IndexWidth) -> usize {
 
 /// Byte position (0..64) of the index vector whose value lands at kernel position `p`: the low/high unpack of
 /// each 128-bit lane, then the split of each unpacked register into two 16-value halves.
-fn byte_position(p: usize) -> usize {
+const fn byte_position(p: usize) -> usize {
     let (vector, e) = (p / 16, p % 16);
     16 * (2 * (vector % 2) + e / 8) + 8 * (vector / 2) + e % 8
 }
@@ -61,14 +61,46 @@ pub fn to_kernel_order(x: &[f32], cols: usize, m: usize, width: IndexWidth, out:
     let chunk = chunk_len(width);
     out.clear();
     out.extend_from_slice(x);
+    let order: &[usize] = match width {
+        IndexWidth::Four => &ORDER4,
+        IndexWidth::Eight => &ORDER8,
+    };
     for c in 0..cols / chunk {
-        for p in 0..chunk {
-            let col = chunk_column(p, width);
-            let (dst, src) = ((c * chunk + p) * m, (c * chunk + col) * m);
+        let base = c * chunk;
+        if m == 1 {
+            for (dst, &col) in out[base..base + chunk].iter_mut().zip(order) {
+                *dst = x[base + col];
+            }
+            continue;
+        }
+        for (p, &col) in order.iter().enumerate() {
+            let (dst, src) = ((base + p) * m, (base + col) * m);
             out[dst..dst + m].copy_from_slice(&x[src..src + m]);
         }
     }
 }
+
+/// Column held at each kernel position of an 8-bit chunk.
+const ORDER8: [usize; CHUNK] = {
+    let mut order = [0; CHUNK];
+    let mut p = 0;
+    while p < CHUNK {
+        order[p] = byte_position(p);
+        p += 1;
+    }
+    order
+};
+
+/// Column held at each kernel position of a 4-bit chunk.
+const ORDER4: [usize; CHUNK4] = {
+    let mut order = [0; CHUNK4];
+    let mut p = 0;
+    while p < CHUNK4 {
+        order[p] = 8 * (p % 16) + p / 16;
+        p += 1;
+    }
+    order
+};
 
 /// `out[i] = row(r0 + i) . x` for `x` in kernel order.
 pub fn dot_rows(w: &LutView<'_>, r0: usize, x: &[f32], out: &mut [f32]) {
