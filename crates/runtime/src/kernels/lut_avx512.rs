@@ -47,24 +47,12 @@ const fn byte_position(p: usize) -> usize {
     16 * (2 * (vector % 2) + e / 8) + 8 * (vector / 2) + e % 8
 }
 
-/// Column within a chunk held at kernel position `p`.
-fn chunk_column(p: usize, width: IndexWidth) -> usize {
-    match width {
-        IndexWidth::Eight => byte_position(p),
-        // Shift s of dword j (bytes 4j..4j + 4) holds column 8j + s; shift s fills positions 16s..16s + 16.
-        IndexWidth::Four => 8 * (p % 16) + p / 16,
-    }
-}
-
 /// `x [cols, m]` with the rows of every whole chunk permuted into kernel order, written to `out`.
 pub fn to_kernel_order(x: &[f32], cols: usize, m: usize, width: IndexWidth, out: &mut Vec<f32>) {
     let chunk = chunk_len(width);
     out.clear();
     out.extend_from_slice(x);
-    let order: &[usize] = match width {
-        IndexWidth::Four => &ORDER4,
-        IndexWidth::Eight => &ORDER8,
-    };
+    let order = chunk_order(width);
     for c in 0..cols / chunk {
         let base = c * chunk;
         if m == 1 {
@@ -80,6 +68,14 @@ pub fn to_kernel_order(x: &[f32], cols: usize, m: usize, width: IndexWidth, out:
     }
 }
 
+/// The column each kernel position of a chunk holds.
+fn chunk_order(width: IndexWidth) -> &'static [usize] {
+    match width {
+        IndexWidth::Four => &ORDER4,
+        IndexWidth::Eight => &ORDER8,
+    }
+}
+
 /// Column held at each kernel position of an 8-bit chunk.
 const ORDER8: [usize; CHUNK] = {
     let mut order = [0; CHUNK];
@@ -91,7 +87,8 @@ const ORDER8: [usize; CHUNK] = {
     order
 };
 
-/// Column held at each kernel position of a 4-bit chunk.
+/// Column held at each kernel position of a 4-bit chunk: shift s of dword j (bytes 4j..4j + 4) holds column
+/// 8j + s, and shift s fills positions 16s..16s + 16.
 const ORDER4: [usize; CHUNK4] = {
     let mut order = [0; CHUNK4];
     let mut p = 0;
@@ -320,7 +317,7 @@ mod tests {
     fn kernel_order_is_a_permutation_of_each_chunk() {
         for width in [IndexWidth::Four, IndexWidth::Eight] {
             let n = chunk_len(width);
-            let mut seen: Vec<usize> = (0..n).map(|p| chunk_column(p, width)).collect();
+            let mut seen = chunk_order(width).to_vec();
             seen.sort_unstable();
             assert_eq!(seen, (0..n).collect::<Vec<_>>());
         }
