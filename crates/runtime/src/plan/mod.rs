@@ -21,6 +21,7 @@ use crate::ops::{kernels, Arg, OpCtx, Operand, Step};
 use crate::state::{ModelState, StateDecl};
 
 mod attention;
+mod chains;
 mod fusion;
 mod packing;
 
