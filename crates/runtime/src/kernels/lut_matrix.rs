@@ -186,11 +186,6 @@ impl LutMatrix {
         self.cols
     }
 
-    /// Width of the stored indices.
-    pub fn width(&self) -> IndexWidth {
-        self.width
-    }
-
     /// Bytes held: packed indices plus tables.
     pub fn byte_size(&self) -> usize {
         self.indices.len() + self.tables.len() * 4 + self.f16_planes.as_ref().map_or(0, |p| p.len())

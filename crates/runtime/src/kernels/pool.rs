@@ -16,7 +16,7 @@ const SPIN: Duration = Duration::from_millis(3);
 /// Longest sleep before a worker looks for work again (guards against a missed wake-up).
 const NAP: Duration = Duration::from_millis(5);
 /// Most tasks one call may have (the task fields of the ticket are 16 bits wide).
-pub const MAX_TASKS: usize = u16::MAX as usize;
+const MAX_TASKS: usize = u16::MAX as usize;
 
 struct Job<'a> {
     run: &'a (dyn Fn(usize) + Sync),

@@ -4,8 +4,8 @@
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
+use super::elementwise::fp16;
 use super::{broadcast_shapes, in_f32, Kernel, OpCtx};
 use crate::error::Result;
 use crate::kernels::kv_products;
@@ -445,7 +445,7 @@ fn tensor_from_f32(
 ) -> Result<Tensor> {
     if dtype == DType::F16 {
         let mut halves = vec![f16::ZERO; values.len()];
-        halves.convert_from_f32_slice(&values);
+        fp16::narrow(&values, &mut halves);
         return Ok(Tensor::from_vec(halves, shape, device)?);
     }
     Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
@@ -460,7 +460,7 @@ fn f32_values(x: &Tensor) -> Result<Vec<f32>> {
             (&*storage, layout.contiguous_offsets())
         {
             let mut out = vec![0f32; end - start];
-            data[start..end].convert_to_f32_slice(&mut out);
+            fp16::widen(&data[start..end], &mut out);
             return Ok(out);
         }
     }
